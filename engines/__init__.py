@@ -1,0 +1,1 @@
+"""prtk.engines: TensorRT engines and backend-neutral runners (torch, onnxruntime, tensorrt)."""

@@ -1,0 +1,53 @@
+"""Shared fixtures: real data folders (CIFAR-10 from ../shared/data, generated shapes) and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from prtk.cli import cli
+
+SHARED_DATA = Path(os.environ.get("PRTK_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+CIFAR_TEST_TAR = SHARED_DATA / "cifar10" / "cifar10-test.tar"
+
+
+def require_data(path: Path) -> None:
+    """Skip when ``path`` is absent, unless PRTK_REQUIRE_DATA=1 (CI), where that is a failure."""
+    if path.exists():
+        return
+    message = f"{path} not found (../shared/data beside the repository, or set PRTK_DATA_DIR)"
+    if os.environ.get("PRTK_REQUIRE_DATA") == "1":
+        pytest.fail(message + " and PRTK_REQUIRE_DATA=1")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def cifar_test_dir(tmp_path_factory) -> Path:
+    """The CIFAR-10 test split unpacked as an ImageFolder (10 classes x 1,000 JPEGs)."""
+    require_data(CIFAR_TEST_TAR)
+    root = tmp_path_factory.mktemp("cifar10")
+    with tarfile.open(CIFAR_TEST_TAR) as archive:
+        archive.extractall(root, filter="data")
+    return root / "test"
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    from prtk.synthetic import write_shapes_folder
+
+    return write_shapes_folder(tmp_path_factory.mktemp("data") / "shapes", count=40, seed=1, size=32)
+
+
+@pytest.fixture
+def run_cli():
+    """Run ``prtk ARGS`` in-process; returns click's Result (exit_code, stdout, stderr)."""
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+    return run

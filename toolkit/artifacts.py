@@ -1,0 +1,41 @@
+"""Writing artifacts without losing anything: temporary file + rename, and no silent overwrite."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import PrtkInputError
+
+
+def check_writable(path: str | Path, force: bool) -> Path:
+    """Refuse to replace an existing artifact unless ``force``; returns ``path`` as a Path."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise PrtkInputError(f"output exists: {path} (pass --force to overwrite)")
+    if path.is_dir():
+        raise PrtkInputError(f"output is a directory: {path}")
+    return path
+
+
+def write_bytes_atomic(path: str | Path, payload: bytes) -> None:
+    """Write ``payload`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def write_json_atomic(path: str | Path, document: dict) -> None:
+    write_bytes_atomic(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())

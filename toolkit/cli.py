@@ -1,0 +1,184 @@
+"""The ``prtk`` command line: thin subcommands over prtk's Python API, heavy imports deferred.
+
+Bad input is reported as one line ``prtk <command>: error: ...`` with exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import __version__
+from .errors import PrtkInputError
+
+
+class PrtkGroup(click.Group):
+    """A click group that reports usage and input errors in one line (exit 2) instead of a traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name or "prtk", complete_var, standalone_mode=False, **extra)
+        except click.ClickException as error:
+            where = error.ctx.command_path if getattr(error, "ctx", None) else "prtk"
+            click.echo(f"{where}: error: {error.format_message()}", err=True)
+            code = error.exit_code
+        except PrtkInputError as error:
+            click.echo(f"prtk: error: {error}", err=True)
+            code = 2
+        except click.exceptions.Abort:
+            click.echo("prtk: aborted", err=True)
+            code = 130
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+@click.group("prtk", cls=PrtkGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="prtk")
+def cli():
+    """prtk: learn which CLIP patch tokens to drop and deploy static-shape pruned image towers.
+
+    Pipeline: rank -> train -> export --keep r -> build-engine -> validate. Available now: eval, models,
+    make-shapes. Every command takes --help.
+    """
+
+
+def model_options(command):
+    """Options that choose a model and its weights (exactly one weights source)."""
+    options = [
+        click.option("--model", "model_name", metavar="NAME", default=None,
+                     help="open_clip architecture (e.g. ViT-B-16) or a built-in one (see `prtk models`)."),
+        click.option("--pretrained", metavar="TAG", default=None,
+                     help="open_clip hub weights tag (e.g. openai); needs the hub or a local cache."),
+        click.option("--checkpoint", metavar="FILE", type=click.Path(dir_okay=False), default=None,
+                     help="Local weights: .safetensors, or a torch state dict (loaded with weights_only=True)."),
+        click.option("--model-config", metavar="FILE", type=click.Path(dir_okay=False), default=None,
+                     help="open_clip model config JSON for a custom architecture; its file stem is the model name."),
+        click.option("--random-weights", is_flag=True,
+                     help="Use seeded random weights (shapes, speed and export checks only)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed for random weights and the random scorer."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed):
+    from .models import load_clip
+
+    if model_name is None and model_config is None:
+        raise PrtkInputError("no model given: pass --model NAME (see `prtk models`) or --model-config FILE")
+    return load_clip(model_name, pretrained=pretrained, checkpoint=checkpoint, config=model_config,
+                     random_weights=random_weights, seed=seed)
+
+
+def emit_json(document: dict, destination: str, force: bool) -> None:
+    """Write ``document`` to ``destination`` (``-`` = stdout), atomically, never over a file without force."""
+    from .artifacts import check_writable, write_json_atomic
+
+    if destination == "-":
+        click.echo(json.dumps(document, indent=2, sort_keys=True))
+        return
+    write_json_atomic(check_writable(destination, force), document)
+    click.echo(f"wrote {destination}", err=True)
+
+
+@cli.command("eval")
+@model_options
+@click.option("--data", "data_root", metavar="DIR", required=True,
+              help="ImageFolder: DIR/<class>/<image>; class names come from the folder names.")
+@click.option("--keep", type=float, default=0.6, show_default=True,
+              help="Fraction of patch tokens kept, in (0, 1]; k = max(1, round(keep * N)).")
+@click.option("--layer", type=int, default=None,
+              help="Prune at the input of this block, in [1, L-1]  [default: L // 4, 3 for ViT-B]")
+@click.option("--scorer", type=click.Choice(["cls-attention", "random"]), default="cls-attention",
+              show_default=True, help="How patch tokens are ranked before pruning.")
+@click.option("--fuse-dropped", is_flag=True, help="Add one token averaging the dropped ones (EViT-style).")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Data loader worker processes (0: main).")
+@click.option("--limit", type=int, default=None, metavar="N",
+              help="Evaluate an evenly spaced subset of N images.")
+@click.option("--skip-bad", is_flag=True, help="Count and skip images that cannot be decoded instead of stopping.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--json", "json_path", metavar="FILE", default=None, help="Also write the report as JSON (- for stdout).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
+def eval_command(model_name, pretrained, checkpoint, model_config, random_weights, seed, data_root, keep, layer,
+                 scorer, fuse_dropped, batch_size, workers, limit, skip_bad, device, json_path, force):
+    """Zero-shot top-1/top-5, images/s and GFLOPs of the unpruned and the pruned image tower."""
+    from .artifacts import check_writable
+    from .console import progress_bar
+    from .evaluation import EvalConfig, evaluate
+    from .pruning import check_keep
+
+    check_keep(keep)
+    if limit is not None and limit < 1:
+        raise PrtkInputError(f"--limit must be at least 1, got {limit}")
+    if json_path not in (None, "-"):
+        check_writable(json_path, force)
+    clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
+    config = EvalConfig(keep=keep, layer=layer, scorer=scorer, seed=seed, fuse_dropped=fuse_dropped,
+                        batch_size=batch_size, workers=workers, limit=limit, skip_bad=skip_bad, device=device)
+    from .data import ImageFolderDataset
+
+    total = len(ImageFolderDataset(data_root, clip.preprocess, clip.spec.image_size, limit))
+    with progress_bar(total, f"eval {clip.name}") as advance:
+        report = evaluate(clip, data_root, config, on_batch=advance)
+    _print_eval_table(report, to_stderr=json_path == "-")
+    if json_path is not None:
+        emit_json(report, json_path, force)
+
+
+def _print_eval_table(report: dict, to_stderr: bool) -> None:
+    from .console import print_table, stderr, stdout
+
+    pruning, results = report["pruning"], report["results"]
+    patches = report["architecture"]["num_patches"]
+    rows = [["unpruned", "1", str(patches), "-"], [f"{pruning['scorer']}", f"{pruning['keep']:g}",
+                                                  str(pruning["keep_count"]), str(pruning["layer"])]]
+    for row, result in zip(rows, (results["unpruned"], results["pruned"])):
+        row += [f"{result['top1']:.2f}", f"{result['top5']:.2f}", f"{result['images_per_s']:,.1f}",
+                f"{result['gflops']:.3f}"]
+    print_table(f"{report['model']} on {report['data']['root']} ({report['data']['images']} images)",
+                ["model", "keep", "k", "layer", "top-1 %", "top-5 %", "images/s", "GFLOPs"], rows,
+                console=stderr if to_stderr else stdout)
+    if report["data"]["skipped_bad"]:
+        stderr.print(f"skipped {len(report['data']['skipped_bad'])} unreadable images")
+
+
+@cli.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print the names as a JSON object.")
+def models_command(as_json):
+    """List the built-in models and the open_clip architectures prtk can load."""
+    from ._torchvision_compat import import_open_clip
+    from .models import builtin_model_names, register_builtin_configs
+
+    register_builtin_configs()
+    builtin = builtin_model_names()
+    others = [name for name in import_open_clip().list_models() if name not in builtin]
+    if as_json:
+        click.echo(json.dumps({"builtin": builtin, "open_clip": others}, indent=2))
+        return
+    click.echo("built-in: " + ", ".join(builtin))
+    click.echo("open_clip: " + ", ".join(others))
+
+
+@cli.command("make-shapes")
+@click.argument("out", metavar="OUT_DIR")
+@click.option("--count", type=int, default=1000, show_default=True, help="Number of images (classes cycle).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Data set seed; image i depends only on (seed, i).")
+@click.option("--size", type=int, default=64, show_default=True, help="Image side in pixels.")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
+def make_shapes_command(out, count, seed, size, force):
+    """Write the synthetic shapes data set (10 colour x shape classes) as an ImageFolder."""
+    from .synthetic import write_shapes_folder
+
+    write_shapes_folder(out, count, seed, size, force)
+    click.echo(f"wrote {count} images in 10 classes to {out}", err=True)
+
+
+def main() -> None:
+    cli.main(prog_name="prtk")

@@ -1,0 +1,54 @@
+"""Terminal output for the CLI: progress bars on stderr, tables on stdout (rich)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Sequence
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+from rich.text import Text
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, e.g. ``412.3 img/s``."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("?" if speed is None else f"{speed:,.1f} {self.unit}/s")
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str, unit: str = "img") -> Iterator[Callable[[int], None]]:
+    """A bar with count, rate, elapsed time and ETA on stderr; yields ``advance(n)``.
+
+    On an error the bar is removed, so the error stays the only line the user sees.
+    """
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=stderr) as progress:
+        task = progress.add_task(description, total=total)
+        try:
+            yield lambda n: progress.advance(task, n)
+        except BaseException:
+            progress.live.transient = True
+            raise
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]],
+                console: Console = stdout) -> None:
+    table = Table(title=title)
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index == 0 else "right")
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    console.print(table)

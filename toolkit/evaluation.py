@@ -1,0 +1,126 @@
+"""Zero-shot evaluation of the unpruned and the pruned image tower in one pass over an ImageFolder."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import __version__
+from .data import ImageFolderDataset, class_display_name, make_loader
+from .errors import PrtkInputError
+from .flops import block_cost_ratio, gflops, vision_macs
+from .models import LoadedClip
+from .pruning import PrunedVisionTower, check_keep
+from .scorers import make_scorer
+from .zeroshot import DEFAULT_TEMPLATES, class_embeddings, topk_correct, zero_shot_logits
+
+
+@dataclass
+class EvalConfig:
+    """How to prune and how to read the data."""
+
+    keep: float = 0.6
+    layer: int | None = None  # None: L // 4
+    scorer: str = "cls-attention"
+    seed: int = 0
+    fuse_dropped: bool = False
+    batch_size: int = 64
+    workers: int = 1
+    limit: int | None = None  # evaluate an evenly spaced subset of this many images
+    skip_bad: bool = False
+    device: str = "cpu"
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+
+
+@dataclass
+class _Tally:
+    correct: dict = field(default_factory=lambda: {1: 0, 5: 0})
+    seconds: float = 0.0
+
+    def result(self, images: int, macs: float) -> dict:
+        return {"top1": 100.0 * self.correct[1] / images, "top5": 100.0 * self.correct[5] / images,
+                "images_per_s": images / self.seconds if self.seconds else 0.0, "gflops": gflops(macs)}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise PrtkInputError(f"device must be cpu or cuda[:N], got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PrtkInputError(f"device {name} requested but CUDA is not available (torch {torch.__version__})")
+    return torch.device(name)
+
+
+def _timed(forward: Callable, images: torch.Tensor) -> tuple[torch.Tensor, float]:
+    if images.device.type == "cuda":
+        torch.cuda.synchronize(images.device)
+    start = time.perf_counter()
+    output = forward(images)
+    if images.device.type == "cuda":
+        torch.cuda.synchronize(images.device)
+    return output, time.perf_counter() - start
+
+
+@torch.inference_mode()
+def evaluate(clip: LoadedClip, data_root: str | Path, config: EvalConfig,
+             on_batch: Callable[[int], None] | None = None) -> dict:
+    """Top-1/top-5, images/s and GFLOPs of the unpruned and the pruned tower; returns the report dict.
+
+    ``on_batch(n)`` is called after each batch with the number of images it held (for progress bars).
+    """
+    check_keep(config.keep)
+    device = resolve_device(config.device)
+    spec = clip.spec
+    tower = PrunedVisionTower(clip.visual, config.keep, config.layer, make_scorer(config.scorer, config.seed),
+                              fuse_dropped=config.fuse_dropped)
+    dataset = ImageFolderDataset(data_root, clip.preprocess, spec.image_size, config.limit)
+    clip.model.to(device)
+    classifier = class_embeddings(clip.model, clip.tokenizer, [class_display_name(c) for c in dataset.classes],
+                                  config.templates)
+    unpruned, pruned, skipped, warmed_up = _Tally(), _Tally(), [], False
+    for images, labels, indices, errors in make_loader(dataset, config.batch_size, config.workers):
+        bad = [i for i, error in enumerate(errors) if error]
+        for i in bad:
+            path = dataset.records[int(indices[i])].path
+            if not config.skip_bad:
+                raise PrtkInputError(f"cannot decode image {path}: {errors[i]} "
+                                     "(pass --skip-bad to count and skip unreadable images)")
+            skipped.append(dataset.relative_path(int(indices[i])))
+        if bad:
+            good = torch.tensor([i for i in range(len(errors)) if not errors[i]], dtype=torch.long)
+            images, labels = images[good], labels[good]
+        if len(labels):
+            images, labels = images.to(device), labels.to(device)
+            if not warmed_up:  # first calls allocate and pick kernels: keep them out of the timings
+                clip.visual(images), tower(images)
+                warmed_up = True
+            for tally, forward in ((unpruned, clip.visual), (pruned, tower)):
+                embeddings, seconds = _timed(forward, images)
+                tally.seconds += seconds
+                for k, hits in topk_correct(zero_shot_logits(embeddings, classifier), labels).items():
+                    tally.correct[k] += hits
+        if on_batch is not None:
+            on_batch(len(errors))
+    evaluated = len(dataset) - len(skipped)
+    if evaluated == 0:
+        raise PrtkInputError(f"no readable images in {data_root}: all {len(dataset)} failed to decode")
+    return {
+        "prtk_version": __version__,
+        "model": clip.name,
+        "weights": clip.weights | {"sha256": clip.weights_sha256},
+        "architecture": spec.as_dict(),
+        "data": {"root": str(data_root), "classes": dataset.classes, "images": evaluated,
+                 "skipped_bad": skipped},
+        "pruning": {"layer": tower.layer, "keep": config.keep, "keep_count": tower.keep_count,
+                    "scorer": config.scorer, "seed": config.seed, "fuse_dropped": config.fuse_dropped,
+                    "block_cost_ratio": block_cost_ratio(spec, config.keep, tower.layer, fused=config.fuse_dropped)},
+        "device": str(device),
+        "config": asdict(config),
+        "results": {
+            "unpruned": unpruned.result(evaluated, vision_macs(spec)),
+            "pruned": pruned.result(evaluated, vision_macs(spec, config.keep, tower.layer, fused=config.fuse_dropped)),
+        },
+    }

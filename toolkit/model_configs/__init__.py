@@ -1,0 +1,1 @@
+"""Built-in open_clip model configs (JSON), registered under their file stems."""

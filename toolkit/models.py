@@ -1,0 +1,222 @@
+"""Load open_clip CLIP models: hub name + pretrained tag, local checkpoint, JSON config, built-in configs.
+
+Weights come from exactly one explicit source; random weights are only used when asked for.
+Checkpoints are read safely: safetensors, or a state dict through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ._torchvision_compat import import_open_clip
+from .errors import PrtkInputError
+from .vit import ViTSpec
+
+BUILTIN_CONFIG_PACKAGE = "prtk.model_configs"
+_registered_config_dirs: set[str] = set()
+
+
+@dataclass
+class LoadedClip:
+    """A CLIP model ready for inference, with its eval transform and tokenizer."""
+
+    name: str
+    model: nn.Module
+    preprocess: Callable  # PIL image -> float tensor [3, H, W], the model's own eval transform
+    tokenizer: Callable  # list[str] -> int tensor [T, context_length]
+    weights: dict = field(default_factory=dict)  # where the weights came from: {"source": ..., ...}
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.model.visual
+
+    @cached_property
+    def spec(self) -> ViTSpec:
+        return ViTSpec.of(self.model.visual)
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        return state_dict_sha256(self.model.state_dict())
+
+    @property
+    def preprocess_config(self) -> dict:
+        """Input size, resize mode and normalisation, as open_clip records them on the model."""
+        open_clip = import_open_clip()
+        return dict(open_clip.get_model_preprocess_cfg(self.model))
+
+
+def register_builtin_configs() -> None:
+    """Make prtk's built-in architectures (``prtk/model_configs/*.json``) known to open_clip."""
+    config_dir = resources.files(BUILTIN_CONFIG_PACKAGE)
+    _register_config_path(Path(str(config_dir)))
+
+
+def builtin_model_names() -> list[str]:
+    config_dir = resources.files(BUILTIN_CONFIG_PACKAGE)
+    return sorted(Path(str(p)).stem for p in config_dir.iterdir() if str(p).endswith(".json"))
+
+
+def register_config_file(path: str | Path) -> str:
+    """Register a custom open_clip model config (JSON); returns its model name (the file stem)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrtkInputError(f"model config not found: {path}")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PrtkInputError(f"model config {path} is not valid JSON: {error}") from None
+    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config]
+    if missing:
+        raise PrtkInputError(f"model config {path} lacks {', '.join(missing)}")
+    _register_config_path(path)
+    return path.stem
+
+
+def _register_config_path(path: Path) -> None:
+    if str(path) in _registered_config_dirs:
+        return
+    import_open_clip().add_model_config(path)
+    _registered_config_dirs.add(str(path))
+
+
+def load_clip(
+    name: str,
+    *,
+    pretrained: str | None = None,
+    checkpoint: str | Path | None = None,
+    config: str | Path | None = None,
+    random_weights: bool = False,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> LoadedClip:
+    """Build model ``name`` (an open_clip or built-in architecture, or the stem of ``config``) in eval mode.
+
+    Exactly one of ``pretrained`` (open_clip hub tag), ``checkpoint`` (local file) or
+    ``random_weights`` (seeded with ``seed``) says where the weights come from.
+    """
+    open_clip = import_open_clip()
+    register_builtin_configs()
+    if config is not None:
+        config_name = register_config_file(config)
+        name = name or config_name
+    if not name or name not in open_clip.list_models():
+        raise PrtkInputError(f"unknown model {name!r}: run `prtk models` for the known names "
+                             "or pass --model-config FILE")
+    sources = [s for s, given in (("--pretrained", pretrained), ("--checkpoint", checkpoint),
+                                  ("--random-weights", random_weights)) if given]
+    if not sources:
+        raise PrtkInputError(f"no weights given for {name}: pass --checkpoint FILE, --pretrained TAG "
+                             "or --random-weights")
+    if len(sources) > 1:
+        raise PrtkInputError(f"give one source of weights, got {' and '.join(sources)}")
+
+    if pretrained:
+        model, preprocess = _create_from_hub(open_clip, name, pretrained, device)
+        weights = {"source": "hub", "pretrained": pretrained}
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            with _quiet_open_clip_logs():
+                model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
+        if checkpoint is not None:
+            load_checkpoint(model, checkpoint, name)
+            weights = {"source": "checkpoint", "path": str(checkpoint)}
+        else:
+            weights = {"source": "random", "seed": seed}
+    model.eval()
+    return LoadedClip(name=name, model=model, preprocess=preprocess,
+                      tokenizer=open_clip.get_tokenizer(name), weights=weights)
+
+
+def _create_from_hub(open_clip, name: str, tag: str, device) -> tuple[nn.Module, Callable]:
+    known_tags = open_clip.list_pretrained_tags_by_model(name)
+    if tag not in known_tags:
+        raise PrtkInputError(f"unknown pretrained tag {tag!r} for {name}; known tags: "
+                             f"{', '.join(known_tags) or 'none'} (or pass --checkpoint FILE)")
+    try:
+        with _quiet_open_clip_logs():
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, device=device)
+    except (RuntimeError, FileNotFoundError, OSError) as error:
+        if "download" not in str(error).lower():
+            raise
+        raise PrtkInputError(f"could not fetch weights {name}/{tag} (offline, and not in the local cache); "
+                             "download the checkpoint where the hub is reachable and pass --checkpoint FILE") from None
+    return model, preprocess
+
+
+@contextlib.contextmanager
+def _quiet_open_clip_logs():
+    """Silence open_clip's and the hub client's log lines (retries, random-init notices); prtk reports itself."""
+    loggers = [logging.getLogger(), logging.getLogger("huggingface_hub")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint without unpickling arbitrary objects: safetensors, or ``torch.load(weights_only=True)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrtkInputError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any decoding failure is a bad file, reported in one line
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PrtkInputError(f"cannot read checkpoint {path}: {first_line}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PrtkInputError(f"checkpoint {path} does not hold a state dict of tensors")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
+    """Load the checkpoint at ``path`` into ``model`` strictly; a mismatch is reported in one line."""
+    state = read_state_dict(path)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (first: {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
+    if mismatched:
+        key = mismatched[0]
+        problems.append(f"{len(mismatched)} shape mismatches (first: {key} is {list(state[key].shape)} "
+                        f"in the checkpoint, {list(expected[key].shape)} in the model)")
+    if problems:
+        raise PrtkInputError(f"checkpoint {path} does not fit {name}: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=True)
+
+
+def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of the tensors, in sorted key order."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
