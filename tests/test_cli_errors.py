@@ -1,7 +1,6 @@
 """Every bad input of `prtk eval`: one line naming the problem, exit status 2, no traceback."""
 
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from prtk.models import load_clip

@@ -1,6 +1,7 @@
 """Model loading: built-in configs, safe checkpoints, custom configs, explicit random weights, offline hub."""
 
 import json
+from importlib import resources
 
 import pytest
 import torch
@@ -60,7 +61,7 @@ def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
 
 
 def test_custom_json_config(tmp_path):
-    config = json.loads(open(__import__("prtk.model_configs", fromlist=["x"]).__path__[0] + "/prtk-tiny.json").read())
+    config = json.loads(resources.files("prtk.model_configs").joinpath("prtk-tiny.json").read_text())
     config["vision_cfg"].update(layers=2, width=64, head_width=32)
     path = tmp_path / "my-vit.json"
     path.write_text(json.dumps(config))

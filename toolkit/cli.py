@@ -122,11 +122,8 @@ def eval_command(model_name, pretrained, checkpoint, model_config, random_weight
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
     config = EvalConfig(keep=keep, layer=layer, scorer=scorer, seed=seed, fuse_dropped=fuse_dropped,
                         batch_size=batch_size, workers=workers, limit=limit, skip_bad=skip_bad, device=device)
-    from .data import ImageFolderDataset
-
-    total = len(ImageFolderDataset(data_root, clip.preprocess, clip.spec.image_size, limit))
-    with progress_bar(total, f"eval {clip.name}") as advance:
-        report = evaluate(clip, data_root, config, on_batch=advance)
+    with progress_bar(f"eval {clip.name}") as update:
+        report = evaluate(clip, data_root, config, progress=update)
     _print_eval_table(report, to_stderr=json_path == "-")
     if json_path is not None:
         emit_json(report, json_path, force)
@@ -139,7 +136,7 @@ def _print_eval_table(report: dict, to_stderr: bool) -> None:
     patches = report["architecture"]["num_patches"]
     rows = [["unpruned", "1", str(patches), "-"], [f"{pruning['scorer']}", f"{pruning['keep']:g}",
                                                   str(pruning["keep_count"]), str(pruning["layer"])]]
-    for row, result in zip(rows, (results["unpruned"], results["pruned"])):
+    for row, result in zip(rows, (results["unpruned"], results["pruned"]), strict=True):
         row += [f"{result['top1']:.2f}", f"{result['top5']:.2f}", f"{result['images_per_s']:,.1f}",
                 f"{result['gflops']:.3f}"]
     print_table(f"{report['model']} on {report['data']['root']} ({report['data']['images']} images)",
@@ -169,7 +166,8 @@ def models_command(as_json):
 @cli.command("make-shapes")
 @click.argument("out", metavar="OUT_DIR")
 @click.option("--count", type=int, default=1000, show_default=True, help="Number of images (classes cycle).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Data set seed; image i depends only on (seed, i).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Data set seed; image i depends only on (seed, i).")
 @click.option("--size", type=int, default=64, show_default=True, help="Image side in pixels.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 def make_shapes_command(out, count, seed, size, force):

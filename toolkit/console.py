@@ -28,17 +28,17 @@ class RateColumn(ProgressColumn):
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, description: str, unit: str = "img") -> Iterator[Callable[[int], None]]:
-    """A bar with count, rate, elapsed time and ETA on stderr; yields ``advance(n)``.
+def progress_bar(description: str, unit: str = "img") -> Iterator[Callable[[int, int], None]]:
+    """A bar with count, rate, elapsed time and ETA on stderr; yields ``update(completed, total)``.
 
     On an error the bar is removed, so the error stays the only line the user sees.
     """
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=stderr) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(description, total=None)
         try:
-            yield lambda n: progress.advance(task, n)
+            yield lambda completed, total: progress.update(task, completed=completed, total=total)
         except BaseException:
             progress.live.transient = True
             raise

@@ -66,10 +66,10 @@ def _timed(forward: Callable, images: torch.Tensor) -> tuple[torch.Tensor, float
 
 @torch.inference_mode()
 def evaluate(clip: LoadedClip, data_root: str | Path, config: EvalConfig,
-             on_batch: Callable[[int], None] | None = None) -> dict:
+             progress: Callable[[int, int], None] | None = None) -> dict:
     """Top-1/top-5, images/s and GFLOPs of the unpruned and the pruned tower; returns the report dict.
 
-    ``on_batch(n)`` is called after each batch with the number of images it held (for progress bars).
+    ``progress(completed, total)`` is called after each batch with image counts (for progress bars).
     """
     check_keep(config.keep)
     device = resolve_device(config.device)
@@ -80,7 +80,7 @@ def evaluate(clip: LoadedClip, data_root: str | Path, config: EvalConfig,
     clip.model.to(device)
     classifier = class_embeddings(clip.model, clip.tokenizer, [class_display_name(c) for c in dataset.classes],
                                   config.templates)
-    unpruned, pruned, skipped, warmed_up = _Tally(), _Tally(), [], False
+    unpruned, pruned, skipped, warmed_up, completed = _Tally(), _Tally(), [], False, 0
     for images, labels, indices, errors in make_loader(dataset, config.batch_size, config.workers):
         bad = [i for i, error in enumerate(errors) if error]
         for i in bad:
@@ -102,8 +102,9 @@ def evaluate(clip: LoadedClip, data_root: str | Path, config: EvalConfig,
                 tally.seconds += seconds
                 for k, hits in topk_correct(zero_shot_logits(embeddings, classifier), labels).items():
                     tally.correct[k] += hits
-        if on_batch is not None:
-            on_batch(len(errors))
+        completed += len(errors)
+        if progress is not None:
+            progress(completed, len(dataset))
     evaluated = len(dataset) - len(skipped)
     if evaluated == 0:
         raise PrtkInputError(f"no readable images in {data_root}: all {len(dataset)} failed to decode")

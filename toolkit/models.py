@@ -109,7 +109,9 @@ def load_clip(
     register_builtin_configs()
     if config is not None:
         config_name = register_config_file(config)
-        name = name or config_name
+        if name and name != config_name:
+            raise PrtkInputError(f"--model {name} does not match --model-config {config} (its name is {config_name})")
+        name = config_name
     if not name or name not in open_clip.list_models():
         raise PrtkInputError(f"unknown model {name!r}: run `prtk models` for the known names "
                              "or pass --model-config FILE")
@@ -165,7 +167,7 @@ def _quiet_open_clip_logs():
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 
