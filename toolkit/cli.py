@@ -115,8 +115,6 @@ def eval_command(model_name, pretrained, checkpoint, model_config, random_weight
     from .pruning import check_keep
 
     check_keep(keep)
-    if limit is not None and limit < 1:
-        raise PrtkInputError(f"--limit must be at least 1, got {limit}")
     if json_path not in (None, "-"):
         check_writable(json_path, force)
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)

@@ -34,6 +34,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | Path, transform: Callable, image_size: int, limit: int | None = None):
         self.root = Path(root)
+        if limit is not None and limit < 1:
+            raise PrtkInputError(f"limit must be at least 1, got {limit}")
         if not self.root.is_dir():
             raise PrtkInputError(f"data folder not found: {self.root}")
         folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))

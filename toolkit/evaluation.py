@@ -82,16 +82,15 @@ def evaluate(clip: LoadedClip, data_root: str | Path, config: EvalConfig,
                                   config.templates)
     unpruned, pruned, skipped, warmed_up, completed = _Tally(), _Tally(), [], False, 0
     for images, labels, indices, errors in make_loader(dataset, config.batch_size, config.workers):
-        bad = [i for i, error in enumerate(errors) if error]
-        for i in bad:
-            path = dataset.records[int(indices[i])].path
+        unreadable = [i for i, error in enumerate(errors) if error]
+        for i in unreadable:
             if not config.skip_bad:
-                raise PrtkInputError(f"cannot decode image {path}: {errors[i]} "
+                raise PrtkInputError(f"cannot decode image {dataset.records[int(indices[i])].path}: {errors[i]} "
                                      "(pass --skip-bad to count and skip unreadable images)")
             skipped.append(dataset.relative_path(int(indices[i])))
-        if bad:
-            good = torch.tensor([i for i in range(len(errors)) if not errors[i]], dtype=torch.long)
-            images, labels = images[good], labels[good]
+        if unreadable:
+            readable = torch.tensor([not error for error in errors])
+            images, labels = images[readable], labels[readable]
         if len(labels):
             images, labels = images.to(device), labels.to(device)
             if not warmed_up:  # first calls allocate and pick kernels: keep them out of the timings
