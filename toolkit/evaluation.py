@@ -14,7 +14,7 @@ from .data import ImageFolderDataset, class_display_name, make_loader
 from .errors import PrtkInputError
 from .flops import block_cost_ratio, gflops, vision_macs
 from .models import LoadedClip
-from .pruning import PrunedVisionTower, check_keep
+from .pruning import PrunedVisionTower
 from .scorers import make_scorer
 from .zeroshot import DEFAULT_TEMPLATES, class_embeddings, topk_correct, zero_shot_logits
 
@@ -71,7 +71,6 @@ def evaluate(clip: LoadedClip, data_root: str | Path, config: EvalConfig,
 
     ``progress(completed, total)`` is called after each batch with image counts (for progress bars).
     """
-    check_keep(config.keep)
     device = resolve_device(config.device)
     spec = clip.spec
     tower = PrunedVisionTower(clip.visual, config.keep, config.layer, make_scorer(config.scorer, config.seed),
