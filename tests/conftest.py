@@ -25,6 +25,15 @@ def require_data(path: Path) -> None:
     pytest.skip(message)
 
 
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 @pytest.fixture(scope="session")
 def cifar_test_dir(tmp_path_factory) -> Path:
     """The CIFAR-10 test split unpacked as an ImageFolder (10 classes x 1,000 JPEGs)."""

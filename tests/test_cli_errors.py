@@ -3,16 +3,8 @@
 import pytest
 from safetensors.torch import save_file
 
+from conftest import assert_one_line_error
 from prtk.models import load_clip
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def eval_args(data, *extra):

@@ -6,6 +6,7 @@ Bad input is reported as one line ``prtk <command>: error: ...`` with exit statu
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 import click
@@ -87,6 +88,20 @@ def emit_json(document: dict, destination: str, force: bool) -> None:
     click.echo(f"wrote {destination}", err=True)
 
 
+def invocation(ctx: click.Context) -> str:
+    """The command as a shell line with every option's effective value, for artifact cards."""
+    words = ctx.command_path.split()
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Argument):
+            words.append(str(value))
+        elif param.is_flag and value:
+            words.append(param.opts[0])
+        elif not param.is_flag and value is not None:
+            words += [param.opts[0], str(value)]
+    return shlex.join(words)
+
+
 @cli.command("eval")
 @model_options
 @click.option("--data", "data_root", metavar="DIR", required=True,
@@ -147,25 +162,27 @@ def _print_eval_table(report: dict, to_stderr: bool) -> None:
 @cli.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print the names as a JSON object.")
 def models_command(as_json):
-    """List the built-in models and the open_clip architectures prtk can load."""
+    """List the built-in models (test beds with their shipped weights) and the open_clip architectures."""
     from ._torchvision_compat import import_open_clip
-    from .models import builtin_model_names, register_builtin_configs
+    from .models import builtin_checkpoint, builtin_model_names, register_builtin_configs
 
     register_builtin_configs()
     builtin = builtin_model_names()
+    trained = [name for name in builtin if builtin_checkpoint(name) is not None]
     others = [name for name in import_open_clip().list_models() if name not in builtin]
     if as_json:
-        click.echo(json.dumps({"builtin": builtin, "open_clip": others}, indent=2))
+        click.echo(json.dumps({"builtin": builtin, "shipped_weights": trained, "open_clip": others}, indent=2))
         return
-    click.echo("built-in: " + ", ".join(builtin))
+    click.echo("built-in: " + ", ".join(f"{name} (trained weights shipped)" if name in trained else name
+                                        for name in builtin))
     click.echo("open_clip: " + ", ".join(others))
 
 
 @cli.command("make-shapes")
 @click.argument("out", metavar="OUT_DIR")
 @click.option("--count", type=int, default=1000, show_default=True, help="Number of images (classes cycle).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Data set seed; image i depends only on (seed, i).")
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="Data set seed; image i depends only on (seed, i). Seed 0 is prtk-testbed-shapes' training split.")
 @click.option("--size", type=int, default=64, show_default=True, help="Image side in pixels.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 def make_shapes_command(out, count, seed, size, force):
@@ -174,6 +191,52 @@ def make_shapes_command(out, count, seed, size, force):
 
     write_shapes_folder(out, count, seed, size, force)
     click.echo(f"wrote {count} images in 10 classes to {out}", err=True)
+
+
+@cli.command("train-testbed")
+@click.argument("name", metavar="NAME", type=click.Choice(["prtk-testbed-cifar10", "prtk-testbed-shapes"]))
+@click.option("--out", "out_dir", metavar="DIR", required=True,
+              help="Folder for NAME.safetensors and NAME.card.json (the shipped ones live in toolkit/checkpoints).")
+@click.option("--train-data", metavar="DIR", default=None, help="Training ImageFolder (CIFAR-10 test bed).")
+@click.option("--test-data", metavar="DIR", default=None, help="Held-out ImageFolder (CIFAR-10 test bed).")
+@click.option("--train-count", type=int, default=None, help="Generated training images (shapes)  [default: 30000]")
+@click.option("--test-count", type=int, default=None, help="Generated held-out images (shapes)  [default: 2000]")
+@click.option("--epochs", type=int, default=None, help="Passes over the training data  [default: 10]")
+@click.option("--batch-size", type=int, default=None,
+              help="Images per optimisation step  [default: 256 CIFAR-10, 128 shapes]")
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (AdamW, cosine).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the initial weights, the shuffle, the augmentation and the caption templates.")
+@click.option("--work-dir", metavar="DIR", default=None,
+              help="Per-epoch training state; rerunning the same command resumes from it  [default: OUT/.NAME.work]")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs and discard a saved training state.")
+@click.option("--json", "json_path", metavar="FILE", default=None, help="Also write the card to FILE (- for stdout).")
+def train_testbed_command(name, out_dir, train_data, test_data, train_count, test_count, epochs, batch_size, lr, seed,
+                          work_dir, force, json_path):
+    """Train a test-bed CLIP (both towers, contrastive on class captions) and write its weights and card."""
+    from .clip_training import ClipTrainConfig
+    from .console import progress_bar, stderr
+    from .testbeds import build_testbed, recipe
+
+    plan = recipe(name)
+    config = ClipTrainConfig(epochs=plan.epochs if epochs is None else epochs, lr=lr, seed=seed,
+                             batch_size=plan.batch_size if batch_size is None else batch_size)
+    config.check()
+    total = config.epochs
+
+    def report_epoch(record: dict) -> None:
+        stderr.print(f"epoch {record['epoch']}/{total}: loss {record['loss']:.4f}, "
+                     f"held-out top-1 {record['held_out_top1']:.2f}%")
+
+    card = build_testbed(name, out_dir, train_dir=train_data, test_dir=test_data, config=config,
+                         train_count=train_count, test_count=test_count, work_dir=work_dir, force=force,
+                         command=invocation(click.get_current_context()), progress=progress_bar, on_epoch=report_epoch)
+    accuracy = card["accuracy"]
+    click.echo(f"{name}: zero-shot top-1 {accuracy['top1']:.2f}% on {accuracy['held_out_images']} held-out images "
+               f"(cls-attention@0.6 {accuracy['pruned']['cls-attention@0.6']['top1']:.2f}%, "
+               f"random@0.3 {accuracy['pruned']['random@0.3']['top1']:.2f}%), trained in {card['wall_time_s']:.0f} s")
+    if json_path is not None:
+        emit_json(card, json_path, force)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from .errors import PrtkInputError
 from .vit import ViTSpec
 
 BUILTIN_CONFIG_PACKAGE = "prtk.model_configs"
+BUILTIN_CHECKPOINT_PACKAGE = "prtk.checkpoints"
 _registered_config_dirs: set[str] = set()
 
 
@@ -67,6 +68,12 @@ def builtin_model_names() -> list[str]:
     return sorted(Path(str(p)).stem for p in config_dir.iterdir() if str(p).endswith(".json"))
 
 
+def builtin_checkpoint(name: str) -> Path | None:
+    """The weights shipped with built-in model ``name`` (``prtk/checkpoints/<name>.safetensors``), if any."""
+    path = Path(str(resources.files(BUILTIN_CHECKPOINT_PACKAGE))) / f"{name}.safetensors"
+    return path if path.is_file() else None
+
+
 def register_config_file(path: str | Path) -> str:
     """Register a custom open_clip model config (JSON); returns its model name (the file stem)."""
     path = Path(path)
@@ -102,8 +109,9 @@ def load_clip(
 ) -> LoadedClip:
     """Build model ``name`` (an open_clip or built-in architecture, or the stem of ``config``) in eval mode.
 
-    Exactly one of ``pretrained`` (open_clip hub tag), ``checkpoint`` (local file) or
-    ``random_weights`` (seeded with ``seed``) says where the weights come from.
+    At most one of ``pretrained`` (open_clip hub tag), ``checkpoint`` (local file) or ``random_weights``
+    (seeded with ``seed``) says where the weights come from; with none, a built-in model with shipped
+    weights (a test bed) loads those.
     """
     open_clip = import_open_clip()
     register_builtin_configs()
@@ -117,6 +125,9 @@ def load_clip(
                              "or pass --model-config FILE")
     sources = [s for s, given in (("--pretrained", pretrained), ("--checkpoint", checkpoint),
                                   ("--random-weights", random_weights)) if given]
+    shipped = builtin_checkpoint(name)
+    if not sources and shipped is not None:
+        checkpoint, sources = shipped, ["built-in"]
     if not sources:
         raise PrtkInputError(f"no weights given for {name}: pass --checkpoint FILE, --pretrained TAG "
                              "or --random-weights")
@@ -133,7 +144,8 @@ def load_clip(
                 model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
         if checkpoint is not None:
             load_checkpoint(model, checkpoint, name)
-            weights = {"source": "checkpoint", "path": str(checkpoint)}
+            weights = ({"source": "built-in", "file": shipped.name} if checkpoint == shipped
+                       else {"source": "checkpoint", "path": str(checkpoint)})
         else:
             weights = {"source": "random", "seed": seed}
     model.eval()

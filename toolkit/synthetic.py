@@ -22,6 +22,8 @@ from .errors import PrtkInputError
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 230)}
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 CLASSES = tuple(f"{colour}_{shape}" for colour in COLOURS for shape in SHAPES)
+TRAIN_SEED = 0  # the split prtk-testbed-shapes is trained on
+HELD_OUT_SEED = 1  # held out from that training; `prtk make-shapes` writes it by default
 
 
 def shape_image(index: int, seed: int = 0, size: int = 64) -> tuple[Image.Image, int]:

@@ -1,0 +1,177 @@
+"""prtk's own small CLIPs, trained and shipped so every accuracy claim has a model whose patches matter.
+
+``build_testbed`` trains a built-in architecture from seeded random weights, writes fp16 safetensors
+and a JSON card (command, data hash, seed, epochs, wall time, measured zero-shot accuracy), and
+measures that accuracy on the shipped file itself through the same path as ``prtk eval``.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import __version__
+from .artifacts import check_writable, write_bytes_atomic, write_json_atomic
+from .clip_training import ClipTrainConfig, train_clip
+from .errors import PrtkInputError
+from .evaluation import EvalConfig, evaluate
+from .image_tensors import LabelledImages, generate_shapes, load_image_folder
+from .models import load_clip
+from .synthetic import HELD_OUT_SEED, TRAIN_SEED, write_shapes_folder
+
+SUBSET_IMAGES = 1000  # the fixed, evenly spaced subset whose accuracy tests reproduce
+
+
+@dataclass(frozen=True)
+class TestbedRecipe:
+    """How a test bed is trained: its data source and default schedule."""
+
+    name: str
+    data: str  # "image-folder" (train and test ImageFolders) or "shapes" (generated)
+    epochs: int
+    batch_size: int = 256
+    train_count: int = 0  # shapes only: generated training images
+    test_count: int = 0  # shapes only: generated held-out images
+
+
+RECIPES = {
+    "prtk-testbed-cifar10": TestbedRecipe("prtk-testbed-cifar10", "image-folder", epochs=10),
+    "prtk-testbed-shapes": TestbedRecipe("prtk-testbed-shapes", "shapes", epochs=10, batch_size=128,
+                                         train_count=30000, test_count=2000),
+}
+
+ProgressFactory = Callable[[str, str], AbstractContextManager]  # (description, unit) -> update(completed, total)
+
+
+def _no_progress(description: str, unit: str) -> AbstractContextManager:
+    return nullcontext(None)
+
+
+def recipe(name: str) -> TestbedRecipe:
+    if name not in RECIPES:
+        raise PrtkInputError(f"unknown test bed {name!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def fp16_safetensors(model: torch.nn.Module, name: str) -> bytes:
+    """The model's state dict as safetensors bytes, floating-point tensors in float16."""
+    from safetensors.torch import save
+
+    state = {key: (value.half() if value.is_floating_point() else value).contiguous()
+             for key, value in model.state_dict().items()}
+    return save(state, metadata={"model": name, "prtk_version": __version__})
+
+
+def build_testbed(name: str, out_dir: str | Path, *, train_dir: str | Path | None = None,
+                  test_dir: str | Path | None = None, config: ClipTrainConfig | None = None,
+                  train_count: int | None = None, test_count: int | None = None, work_dir: str | Path | None = None,
+                  force: bool = False, command: str = "", progress: ProgressFactory = _no_progress,
+                  on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train test bed ``name``; writes ``out_dir/<name>.safetensors`` and ``<name>.card.json``, returns the card.
+
+    CIFAR-style test beds read ImageFolders ``train_dir`` and ``test_dir``; the shapes test bed generates
+    ``train_count`` training images (seed 0) and ``test_count`` held-out images (seed 1). ``work_dir``
+    keeps the per-epoch training state, so the same call after an interruption resumes.
+    """
+    plan = recipe(name)
+    config = config or ClipTrainConfig(epochs=plan.epochs, batch_size=plan.batch_size)
+    out_dir = Path(out_dir)
+    weights_path = check_writable(out_dir / f"{name}.safetensors", force)
+    card_path = check_writable(out_dir / f"{name}.card.json", force)
+    work_dir = Path(work_dir) if work_dir else out_dir / f".{name}.work"
+    if force and work_dir.exists():
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    clip = load_clip(name, random_weights=True, seed=config.seed)
+    size = clip.spec.image_size
+    train, held_out, held_out_dir = _testbed_data(plan, size, train_dir, test_dir, train_count, test_count,
+                                                  work_dir, progress)
+    with progress(f"train {name}", "step") as update:
+        history = train_clip(clip, train, held_out, config, work_dir / "state.pt", progress=update,
+                             on_epoch=on_epoch)
+    write_bytes_atomic(weights_path, fp16_safetensors(clip.model, name))
+
+    shipped = load_clip(name, checkpoint=weights_path)
+    accuracy = _measure(shipped, held_out_dir, config.seed, progress)
+    card = {
+        "model": name,
+        "prtk_version": __version__,
+        "command": command,
+        "weights": {"file": weights_path.name, "dtype": "float16", "bytes": weights_path.stat().st_size,
+                    "sha256": shipped.weights_sha256},
+        "data": {"train": train.source | {"sha256": train.sha256, "classes": train.classes},
+                 "held_out": held_out.source | {"sha256": held_out.sha256}},
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "training": asdict(config) | {"templates": list(config.templates)},
+        "wall_time_s": round(sum(record["seconds"] for record in history), 1),  # training, across resumes
+        "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "processor": platform.processor() or platform.machine(), "device": "cpu"},
+        "history": history,
+        "accuracy": accuracy,
+    }
+    write_json_atomic(card_path, card)
+    shutil.rmtree(work_dir)
+    return card
+
+
+def _testbed_data(plan: TestbedRecipe, size: int, train_dir, test_dir, train_count, test_count, work_dir: Path,
+                  progress: ProgressFactory) -> tuple[LabelledImages, LabelledImages, Path]:
+    """Training and held-out images in memory, and the held-out ImageFolder that ``prtk eval`` reads."""
+    if plan.data == "shapes":
+        if train_dir or test_dir:
+            raise PrtkInputError(f"{plan.name} generates its own data: drop --train-data/--test-data")
+        train_count = plan.train_count if train_count is None else train_count
+        test_count = plan.test_count if test_count is None else test_count
+        with progress("generate training shapes", "img") as update:
+            train = generate_shapes(train_count, TRAIN_SEED, size, update)
+        held_out_dir = write_shapes_folder(work_dir / "held-out", test_count, HELD_OUT_SEED, size, force=True)
+    else:
+        if not train_dir or not test_dir:
+            raise PrtkInputError(f"{plan.name} needs --train-data DIR and --test-data DIR (ImageFolders)")
+        if train_count is not None or test_count is not None:
+            raise PrtkInputError("--train-count/--test-count apply to generated data only")
+        with progress("read training images", "img") as update:
+            train = load_image_folder(train_dir, size, update)
+        held_out_dir = Path(test_dir)
+    with progress("read held-out images", "img") as update:
+        held_out = load_image_folder(held_out_dir, size, update)
+    if sorted(train.classes) != sorted(held_out.classes):
+        raise PrtkInputError(f"training classes {train.classes} and held-out classes {held_out.classes} differ")
+    if plan.data == "shapes":
+        held_out.source = {"synthetic": "shapes", "seed": HELD_OUT_SEED, "images": test_count, "size": size}
+    return train, _relabel(held_out, train.classes), held_out_dir
+
+
+def _relabel(data: LabelledImages, classes: list[str]) -> LabelledImages:
+    """The same images with labels indexing ``classes`` (the training order) instead of the folder order."""
+    mapping = torch.tensor([classes.index(name) for name in data.classes])
+    return replace(data, labels=mapping[data.labels], classes=list(classes))
+
+
+def _measure(clip, held_out_dir: Path, seed: int, progress: ProgressFactory) -> dict:
+    """Zero-shot accuracy of the shipped weights on the held-out split and its fixed subset, pruned sanity checks."""
+    results = {}
+    for label, config in (("cls-attention@0.6", EvalConfig(keep=0.6, scorer="cls-attention", seed=seed)),
+                          ("random@0.3", EvalConfig(keep=0.3, scorer="random", seed=seed)),
+                          ("subset", EvalConfig(keep=0.6, seed=seed, limit=SUBSET_IMAGES))):
+        with progress(f"evaluate {label}", "img") as update:
+            results[label] = evaluate(clip, held_out_dir, config, progress=update)
+    full = results["cls-attention@0.6"]
+    return {
+        "held_out_images": full["data"]["images"],
+        "top1": full["results"]["unpruned"]["top1"],
+        "top5": full["results"]["unpruned"]["top5"],
+        "subset": {"images": results["subset"]["data"]["images"], "limit": SUBSET_IMAGES,
+                   "top1": results["subset"]["results"]["unpruned"]["top1"]},
+        "pruned": {label: {"layer": results[label]["pruning"]["layer"], "keep": results[label]["pruning"]["keep"],
+                           "top1": results[label]["results"]["pruned"]["top1"]}
+                   for label in ("cls-attention@0.6", "random@0.3")},
+    }
