@@ -214,10 +214,13 @@ def make_shapes_command(out, count, seed, size, force):
 def train_testbed_command(name, out_dir, train_data, test_data, train_count, test_count, epochs, batch_size, lr, seed,
                           work_dir, force, json_path):
     """Train a test-bed CLIP (both towers, contrastive on class captions) and write its weights and card."""
+    from .artifacts import check_writable
     from .clip_training import ClipTrainConfig
     from .console import progress_bar, stderr
     from .testbeds import build_testbed, recipe
 
+    if json_path not in (None, "-"):
+        check_writable(json_path, force)
     plan = recipe(name)
     config = ClipTrainConfig(epochs=plan.epochs if epochs is None else epochs, lr=lr, seed=seed,
                              batch_size=plan.batch_size if batch_size is None else batch_size)
