@@ -116,7 +116,7 @@ def test_cifar10_testbed_reproduces_its_accuracy_and_patches_matter(run_cli, cif
     random = _eval(run_cli, tmp_path, "prtk-testbed-cifar10", cifar_test_dir, "--scorer", "random", "--keep", "0.3")
     unpruned = random["results"]["unpruned"]["top1"]
     assert unpruned == pytest.approx(recorded["subset"]["top1"], abs=0.5)
-    assert random["results"]["pruned"]["top1"] < unpruned - 10
+    assert random["results"]["pruned"]["top1"] < unpruned - 5
     attention = _eval(run_cli, tmp_path, "prtk-testbed-cifar10", cifar_test_dir, "--keep", "0.6", "--force")
     assert attention["results"]["pruned"]["top1"] > random["results"]["pruned"]["top1"]
 
@@ -127,7 +127,7 @@ def test_shapes_testbed_reproduces_its_accuracy(run_cli, shapes_held_out, tmp_pa
     report = _eval(run_cli, tmp_path, "prtk-testbed-shapes", shapes_held_out, "--scorer", "random", "--keep", "0.3")
     unpruned = report["results"]["unpruned"]["top1"]
     assert unpruned == pytest.approx(recorded["subset"]["top1"], abs=0.5)
-    assert report["results"]["pruned"]["top1"] < unpruned - 10
+    assert report["results"]["pruned"]["top1"] < unpruned - 5
 
 
 @pytest.mark.parametrize("args, message", [
