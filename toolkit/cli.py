@@ -207,12 +207,14 @@ def make_shapes_command(out, count, seed, size, force):
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (AdamW, cosine).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the initial weights, the shuffle, the augmentation and the caption templates.")
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast, for GPUs (slower than fp32 on the CPUs tested).")
+@click.option("--device", default="cpu", show_default=True, help="Train on cpu, cuda or cuda:N.")
 @click.option("--work-dir", metavar="DIR", default=None,
               help="Per-epoch training state; rerunning the same command resumes from it  [default: OUT/.NAME.work]")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs and discard a saved training state.")
 @click.option("--json", "json_path", metavar="FILE", default=None, help="Also write the card to FILE (- for stdout).")
 def train_testbed_command(name, out_dir, train_data, test_data, train_count, test_count, epochs, batch_size, lr, seed,
-                          work_dir, force, json_path):
+                          bf16, device, work_dir, force, json_path):
     """Train a test-bed CLIP (both towers, contrastive on class captions) and write its weights and card."""
     from .artifacts import check_writable
     from .clip_training import ClipTrainConfig
@@ -222,7 +224,7 @@ def train_testbed_command(name, out_dir, train_data, test_data, train_count, tes
     if json_path not in (None, "-"):
         check_writable(json_path, force)
     plan = recipe(name)
-    config = ClipTrainConfig(epochs=plan.epochs if epochs is None else epochs, lr=lr, seed=seed,
+    config = ClipTrainConfig(epochs=plan.epochs if epochs is None else epochs, lr=lr, seed=seed, bf16=bf16,
                              batch_size=plan.batch_size if batch_size is None else batch_size)
     config.check()
     total = config.epochs
@@ -232,12 +234,13 @@ def train_testbed_command(name, out_dir, train_data, test_data, train_count, tes
                      f"held-out top-1 {record['held_out_top1']:.2f}%")
 
     card = build_testbed(name, out_dir, train_dir=train_data, test_dir=test_data, config=config,
-                         train_count=train_count, test_count=test_count, work_dir=work_dir, force=force,
+                         train_count=train_count, test_count=test_count, work_dir=work_dir, force=force, device=device,
                          command=invocation(click.get_current_context()), progress=progress_bar, on_epoch=report_epoch)
     accuracy = card["accuracy"]
     click.echo(f"{name}: zero-shot top-1 {accuracy['top1']:.2f}% on {accuracy['held_out_images']} held-out images "
                f"(cls-attention@0.6 {accuracy['pruned']['cls-attention@0.6']['top1']:.2f}%, "
-               f"random@0.3 {accuracy['pruned']['random@0.3']['top1']:.2f}%), trained in {card['wall_time_s']:.0f} s")
+               f"random@0.3 {accuracy['pruned']['random@0.3']['top1']:.2f}%), trained in {card['wall_time_s']:.0f} s",
+               err=json_path == "-")
     if json_path is not None:
         emit_json(card, json_path, force)
 

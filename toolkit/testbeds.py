@@ -20,7 +20,7 @@ from . import __version__
 from .artifacts import check_writable, write_bytes_atomic, write_json_atomic
 from .clip_training import ClipTrainConfig, train_clip
 from .errors import PrtkInputError
-from .evaluation import EvalConfig, evaluate
+from .evaluation import EvalConfig, evaluate, resolve_device
 from .image_tensors import LabelledImages, generate_shapes, load_image_folder
 from .models import load_clip
 from .synthetic import HELD_OUT_SEED, TRAIN_SEED, write_shapes_folder
@@ -71,15 +71,17 @@ def fp16_safetensors(model: torch.nn.Module, name: str) -> bytes:
 def build_testbed(name: str, out_dir: str | Path, *, train_dir: str | Path | None = None,
                   test_dir: str | Path | None = None, config: ClipTrainConfig | None = None,
                   train_count: int | None = None, test_count: int | None = None, work_dir: str | Path | None = None,
-                  force: bool = False, command: str = "", progress: ProgressFactory = _no_progress,
+                  force: bool = False, command: str = "", device: str = "cpu", progress: ProgressFactory = _no_progress,
                   on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train test bed ``name``; writes ``out_dir/<name>.safetensors`` and ``<name>.card.json``, returns the card.
 
     CIFAR-style test beds read ImageFolders ``train_dir`` and ``test_dir``; the shapes test bed generates
     ``train_count`` training images (seed 0) and ``test_count`` held-out images (seed 1). ``work_dir``
-    keeps the per-epoch training state, so the same call after an interruption resumes.
+    keeps the per-epoch training state, so the same call after an interruption resumes. Training runs on
+    ``device``; the accuracy of the shipped file is always measured on the CPU.
     """
     plan = recipe(name)
+    torch_device = resolve_device(device)
     config = config or ClipTrainConfig(epochs=plan.epochs, batch_size=plan.batch_size)
     out_dir = Path(out_dir)
     weights_path = check_writable(out_dir / f"{name}.safetensors", force)
@@ -89,7 +91,7 @@ def build_testbed(name: str, out_dir: str | Path, *, train_dir: str | Path | Non
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
 
-    clip = load_clip(name, random_weights=True, seed=config.seed)
+    clip = load_clip(name, random_weights=True, seed=config.seed, device=torch_device)
     size = clip.spec.image_size
     train, held_out, held_out_dir = _testbed_data(plan, size, train_dir, test_dir, train_count, test_count,
                                                   work_dir, progress)
@@ -113,7 +115,7 @@ def build_testbed(name: str, out_dir: str | Path, *, train_dir: str | Path | Non
         "training": asdict(config) | {"templates": list(config.templates)},
         "wall_time_s": round(sum(record["seconds"] for record in history), 1),  # training, across resumes
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "processor": platform.processor() or platform.machine(), "device": "cpu"},
+                    "processor": platform.processor() or platform.machine(), "device": device},
         "history": history,
         "accuracy": accuracy,
     }
