@@ -83,8 +83,8 @@ def test_shipped_checkpoint_and_card(name):
     written = card(name)
     weights = CHECKPOINTS / f"{name}.safetensors"
     assert weights.stat().st_size <= 15 * 2**20 and written["weights"]["bytes"] == weights.stat().st_size
-    for key in ("command", "seed", "epochs", "wall_time_s"):
-        assert written[key], key
+    assert written["command"].startswith(f"prtk train-testbed {name} ")
+    assert written["seed"] == 0 and written["epochs"] >= 1 and written["wall_time_s"] > 0
     assert len(written["data"]["train"]["sha256"]) == 64
     clip = load_clip(name)  # no weights flag: the shipped file
     assert clip.weights == {"source": "built-in", "file": weights.name}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the shipped test beds into toolkit/checkpoints: weights (fp16 safetensors) and cards.
 # Usage: toolkit/checkpoints/train_testbeds.sh [cifar10|shapes]... [-- extra `prtk train-testbed` options]
-# Takes about 55 min (CIFAR-10) + 10 min (shapes) on 2 CPU cores; resumes if interrupted.
+# Takes about 45 min per test bed on 2 CPU cores (minutes on a GPU: pass -- --device cuda); resumes if interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 data=${PRTK_DATA_DIR:-../shared/data}
