@@ -110,24 +110,18 @@ def _eval(run_cli, tmp_path, name, data, *options) -> dict:
     return json.loads(report.read_text())
 
 
-def test_cifar10_testbed_reproduces_its_accuracy_and_patches_matter(run_cli, cifar_test_dir, tmp_path):
-    recorded = card("prtk-testbed-cifar10")["accuracy"]
-    assert recorded["top1"] >= 60.0
-    random = _eval(run_cli, tmp_path, "prtk-testbed-cifar10", cifar_test_dir, "--scorer", "random", "--keep", "0.3")
+@pytest.mark.parametrize("name, data_fixture, minimum", [("prtk-testbed-cifar10", "cifar_test_dir", 60.0),
+                                                         ("prtk-testbed-shapes", "shapes_held_out", 95.0)])
+def test_testbed_reproduces_its_accuracy_and_patches_matter(run_cli, request, tmp_path, name, data_fixture, minimum):
+    recorded = card(name)["accuracy"]
+    assert recorded["top1"] >= minimum
+    data = request.getfixturevalue(data_fixture)
+    random = _eval(run_cli, tmp_path, name, data, "--scorer", "random", "--keep", "0.3")
     unpruned = random["results"]["unpruned"]["top1"]
     assert unpruned == pytest.approx(recorded["subset"]["top1"], abs=0.5)
     assert random["results"]["pruned"]["top1"] < unpruned - 5
-    attention = _eval(run_cli, tmp_path, "prtk-testbed-cifar10", cifar_test_dir, "--keep", "0.6", "--force")
+    attention = _eval(run_cli, tmp_path, name, data, "--keep", "0.6", "--force")
     assert attention["results"]["pruned"]["top1"] > random["results"]["pruned"]["top1"]
-
-
-def test_shapes_testbed_reproduces_its_accuracy(run_cli, shapes_held_out, tmp_path):
-    recorded = card("prtk-testbed-shapes")["accuracy"]
-    assert recorded["top1"] >= 95.0
-    report = _eval(run_cli, tmp_path, "prtk-testbed-shapes", shapes_held_out, "--scorer", "random", "--keep", "0.3")
-    unpruned = report["results"]["unpruned"]["top1"]
-    assert unpruned == pytest.approx(recorded["subset"]["top1"], abs=0.5)
-    assert report["results"]["pruned"]["top1"] < unpruned - 5
 
 
 @pytest.mark.parametrize("args, message", [
