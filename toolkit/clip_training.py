@@ -10,9 +10,9 @@ A state file written after each epoch makes an interrupted run resume where it s
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .artifacts import write_bytes_atomic
 from .augment import random_crop_flip
 from .errors import PrtkInputError
 from .image_tensors import LabelledImages
@@ -130,10 +131,10 @@ def _run_key(clip: LoadedClip, train: LabelledImages, config: ClipTrainConfig) -
 
 def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list,
                 key: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
+    buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "history": json.dumps(history), "key": key}, temporary)
-    os.replace(temporary, path)
+                "history": json.dumps(history), "key": key}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def train_clip(clip: LoadedClip, train: LabelledImages, held_out: LabelledImages, config: ClipTrainConfig,
@@ -146,7 +147,9 @@ def train_clip(clip: LoadedClip, train: LabelledImages, held_out: LabelledImages
     ``progress(step, total_steps)`` follows the steps; ``on_epoch(record)`` is called after each epoch.
     """
     config.check()
-    if len(train.classes) != len(held_out.classes) or len(train) < 1:
+    if len(train) < 1:
+        raise PrtkInputError("training data holds no images")
+    if len(train.classes) != len(held_out.classes):
         raise PrtkInputError(f"training data has {len(train.classes)} classes, held-out data "
                              f"{len(held_out.classes)}: they must match")
     state_path = Path(state_path)

@@ -7,6 +7,7 @@ augmenting batched tensors is far faster than a per-image PIL pipeline on two co
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -57,7 +58,7 @@ def load_image_folder(root: str | Path, size: int,
         digest.update(f"{dataset.relative_path(index)}|{len(payload)}|".encode())
         digest.update(payload)
         try:
-            with Image.open(record.path) as image:
+            with Image.open(io.BytesIO(payload)) as image:
                 pixels[index] = _square_pixels(image, size)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise PrtkInputError(f"cannot decode image {record.path}: {error}") from None
