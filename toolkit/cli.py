@@ -12,6 +12,7 @@ import sys
 import click
 
 from . import __version__
+from .allocator import reuse_freed_memory
 from .errors import PrtkInputError
 
 
@@ -42,9 +43,10 @@ class PrtkGroup(click.Group):
 def cli():
     """prtk: learn which CLIP patch tokens to drop and deploy static-shape pruned image towers.
 
-    Pipeline: rank -> train -> export --keep r -> build-engine -> validate. Available now: eval, models,
-    make-shapes. Every command takes --help.
+    Pipeline: rank -> train -> export --keep r -> build-engine -> validate. Available now: rank, eval,
+    models, make-shapes, train-testbed. Every command takes --help.
     """
+    reuse_freed_memory()
 
 
 def model_options(command):
@@ -110,8 +112,10 @@ def invocation(ctx: click.Context) -> str:
               help="Fraction of patch tokens kept, in (0, 1]; k = max(1, round(keep * N)).")
 @click.option("--layer", type=int, default=None,
               help="Prune at the input of this block, in [1, L-1]  [default: L // 4, 3 for ViT-B]")
-@click.option("--scorer", type=click.Choice(["cls-attention", "random"]), default="cls-attention",
-              show_default=True, help="How patch tokens are ranked before pruning.")
+@click.option("--scorer", type=click.Choice(["cls-attention", "random", "golden"]), default="cls-attention",
+              show_default=True, help="How patch tokens are ranked before pruning (golden: --ranking FILE).")
+@click.option("--ranking", metavar="FILE", default=None,
+              help="Ranking file from `prtk rank` for --scorer golden (same model, weights and images).")
 @click.option("--fuse-dropped", is_flag=True, help="Add one token averaging the dropped ones (EViT-style).")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Data loader worker processes (0: main).")
@@ -122,7 +126,7 @@ def invocation(ctx: click.Context) -> str:
 @click.option("--json", "json_path", metavar="FILE", default=None, help="Also write the report as JSON (- for stdout).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
 def eval_command(model_name, pretrained, checkpoint, model_config, random_weights, seed, data_root, keep, layer,
-                 scorer, fuse_dropped, batch_size, workers, limit, skip_bad, device, json_path, force):
+                 scorer, ranking, fuse_dropped, batch_size, workers, limit, skip_bad, device, json_path, force):
     """Zero-shot top-1/top-5, images/s and GFLOPs of the unpruned and the pruned image tower."""
     from .artifacts import check_writable
     from .console import progress_bar
@@ -133,7 +137,7 @@ def eval_command(model_name, pretrained, checkpoint, model_config, random_weight
     if json_path not in (None, "-"):
         check_writable(json_path, force)
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
-    config = EvalConfig(keep=keep, layer=layer, scorer=scorer, seed=seed, fuse_dropped=fuse_dropped,
+    config = EvalConfig(keep=keep, layer=layer, scorer=scorer, ranking=ranking, seed=seed, fuse_dropped=fuse_dropped,
                         batch_size=batch_size, workers=workers, limit=limit, skip_bad=skip_bad, device=device)
     with progress_bar(f"eval {clip.name}") as update:
         report = evaluate(clip, data_root, config, progress=update)
@@ -245,5 +249,95 @@ def train_testbed_command(name, out_dir, train_data, test_data, train_count, tes
         emit_json(card, json_path, force)
 
 
+@cli.group("rank", invoke_without_command=True, subcommand_metavar="[merge]")
+@model_options
+@click.option("--data", "data_root", metavar="DIR", default=None,
+              help="ImageFolder to rank: DIR/<class>/<image>  [required]")
+@click.option("--out", metavar="FILE", default=None, help="Ranking file to write (e.g. ranking.prtk)  [required]")
+@click.option("--layer", type=int, default=None,
+              help="Rank the tokens entering this block, in [1, L-1]  [default: L // 4, 3 for ViT-B]")
+@click.option("--score", type=click.Choice(["label", "confidence", "similarity"]), default="label",
+              show_default=True, help="label: log-prob of the true class; confidence: log-prob of the class the "
+                                      "unpruned model predicts; similarity: cosine to the unpruned embedding.")
+@click.option("--step", type=int, default=1, show_default=True, help="Tokens removed per round (1: exact greedy).")
+@click.option("--min-keep", type=float, default=None, metavar="R",
+              help="Stop once round(R * N) patches are left; they are ordered by their last-round scores.")
+@click.option("--max-batch", type=int, default=1024, show_default=True,
+              help="Candidate token sequences per pass through blocks[l:]; memory grows with it "
+                   "(about max-batch x N x 4 x width floats).")
+@click.option("--chunk", type=int, default=32, show_default=True,
+              help="Images ranked together; also the unit of resuming and sharding.")
+@click.option("--limit", type=int, default=None, metavar="N", help="Rank an evenly spaced subset of N images.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Rank only part I of N (0-based); join the parts with `prtk rank merge`.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--json", "json_path", metavar="FILE", default=None,
+              help="Also write a summary (images, layer, score, step, seconds) as JSON (- for stdout).")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs and discard a partial run.")
+@click.pass_context
+def rank_command(ctx, model_name, pretrained, checkpoint, model_config, random_weights, seed, data_root, out, layer,
+                 score, step, min_keep, max_batch, chunk, limit, shard, device, json_path, force):
+    """Golden ranking of every image's patch tokens (greedy backward elimination at block --layer).
+
+    A killed run restarted with the same command continues where it stopped. Under
+    `torchrun --nproc-per-node N` the images are split across the processes and rank 0 writes the file.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    import time
+
+    from .artifacts import check_writable
+    from .console import progress_bar
+    from .distributed import work_partition
+    from .evaluation import resolve_device
+    from .rank_run import rank_folder
+    from .ranking import RankingConfig
+
+    for option, value in (("--data", data_root), ("--out", out)):
+        if value is None:
+            raise PrtkInputError(f"missing option {option}")
+    config = RankingConfig(layer=layer, score=score, step=step, min_keep=min_keep, max_batch=max_batch)
+    config.check()
+    if json_path not in (None, "-"):
+        check_writable(json_path, force)
+    part, gather = work_partition(shard)
+    resolve_device(device)
+    clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
+    start = time.perf_counter()
+    with progress_bar(f"rank {clip.name}" + (f" (part {part.index + 1}/{part.count})" if part.count > 1 else "")) \
+            as update:
+        ranking = rank_folder(clip, data_root, out, config, chunk=chunk, limit=limit, shard=part, force=force,
+                              device=device, progress=update, gather=gather)
+    if ranking is None:
+        return
+    seconds = time.perf_counter() - start
+    summary = {key: ranking.meta[key] for key in ("model", "num_patches", "layer", "score", "step", "min_keep")}
+    summary |= {"out": str(out), "images": len(ranking.images), "seconds": round(seconds, 3)}
+    click.echo(f"wrote {out}: {summary['images']} images x {summary['num_patches']} patches, layer "
+               f"{summary['layer']}, score {score}, step {step}, {seconds:.1f} s", err=True)
+    if json_path is not None:
+        emit_json(summary, json_path, force)
+
+
+@rank_command.command("merge")
+@click.argument("out", metavar="OUT")
+@click.argument("shards", metavar="SHARD...", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
+def rank_merge_command(out, shards, force):
+    """Join the files of `prtk rank --shard i/n` (every i) into the file one run would write."""
+    from .artifacts import check_writable
+    from .rank_run import merge_rankings
+    from .ranking_file import load_ranking, save_ranking
+
+    check_writable(out, force)
+    merged = merge_rankings([load_ranking(path) for path in shards])
+    save_ranking(out, merged)
+    click.echo(f"wrote {out}: {merged.tensors['order'].shape[0]} images from {len(shards)} shards", err=True)
+
+
 def main() -> None:
     cli.main(prog_name="prtk")
+
+
+if __name__ == "__main__":
+    main()

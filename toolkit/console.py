@@ -31,17 +31,29 @@ class RateColumn(ProgressColumn):
 def progress_bar(description: str, unit: str = "img") -> Iterator[Callable[[int, int], None]]:
     """A bar with count, rate, elapsed time and ETA on stderr; yields ``update(completed, total)``.
 
-    On an error the bar is removed, so the error stays the only line the user sees.
+    The bar appears at the first update, so input errors found before the work starts print nothing
+    else; on an error the bar is removed, so the error stays the only line the user sees.
     """
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=stderr) as progress:
-        task = progress.add_task(description, total=None)
-        try:
-            yield lambda completed, total: progress.update(task, completed=completed, total=total)
-        except BaseException:
-            progress.live.transient = True
-            raise
+    progress = Progress(*columns, console=stderr)
+    task = None
+
+    def update(completed: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            progress.start()
+            task = progress.add_task(description, total=total)
+        progress.update(task, completed=completed, total=total)
+
+    try:
+        yield update
+    except BaseException:
+        progress.live.transient = True
+        raise
+    finally:
+        if task is not None:
+            progress.stop()
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]],

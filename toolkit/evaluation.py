@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ class EvalConfig:
 
     keep: float = 0.6
     layer: int | None = None  # None: L // 4
-    scorer: str = "cls-attention"
+    scorer: str = "cls-attention"  # or random, golden (needs ranking)
+    ranking: str | None = None  # ranking file for the golden scorer
     seed: int = 0
     fuse_dropped: bool = False
     batch_size: int = 64
@@ -44,6 +46,22 @@ class _Tally:
     def result(self, images: int, macs: float) -> dict:
         return {"top1": 100.0 * self.correct[1] / images, "top5": 100.0 * self.correct[5] / images,
                 "images_per_s": images / self.seconds if self.seconds else 0.0, "gflops": gflops(macs)}
+
+
+def _golden_rankings(clip: LoadedClip, dataset: ImageFolderDataset, config: EvalConfig) -> tuple[int, torch.Tensor]:
+    """The ranking file's layer and its rankings [len(dataset), N] in dataset order, checked against both."""
+    from .rank_run import file_sha256
+    from .ranking_file import load_ranking, rankings_for
+
+    if config.ranking is None:
+        raise PrtkInputError("the golden scorer needs --ranking FILE (made by `prtk rank`)")
+    ranking = load_ranking(config.ranking)
+    layer = ranking.meta["layer"]
+    if config.layer is not None and config.layer != layer:
+        raise PrtkInputError(f"--layer {config.layer} differs from the ranking's layer {layer}")
+    paths = [dataset.relative_path(i) for i in range(len(dataset))]
+    hashes = [file_sha256(record.path) for record in dataset.records]
+    return layer, rankings_for(ranking, clip.name, clip.weights_sha256, paths, hashes)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,9 +91,15 @@ def evaluate(clip: LoadedClip, data_root: str | Path, config: EvalConfig,
     """
     device = resolve_device(config.device)
     spec = clip.spec
-    tower = PrunedVisionTower(clip.visual, config.keep, config.layer, make_scorer(config.scorer, config.seed),
-                              fuse_dropped=config.fuse_dropped)
     dataset = ImageFolderDataset(data_root, clip.preprocess, spec.image_size, config.limit)
+    layer, golden = config.layer, None
+    if config.ranking is not None and config.scorer != "golden":
+        raise PrtkInputError(f"--ranking is read only by --scorer golden, got --scorer {config.scorer}")
+    if config.scorer == "golden":
+        layer, golden = _golden_rankings(clip, dataset, config)
+    tower = PrunedVisionTower(clip.visual, config.keep, layer,
+                              make_scorer("indices" if golden is not None else config.scorer, config.seed),
+                              fuse_dropped=config.fuse_dropped)
     clip.model.to(device)
     classifier = class_embeddings(clip.model, clip.tokenizer, [class_display_name(c) for c in dataset.classes],
                                   config.templates)
@@ -89,13 +113,15 @@ def evaluate(clip: LoadedClip, data_root: str | Path, config: EvalConfig,
             skipped.append(dataset.relative_path(int(indices[i])))
         if unreadable:
             readable = torch.tensor([not error for error in errors])
-            images, labels = images[readable], labels[readable]
+            images, labels, indices = images[readable], labels[readable], indices[readable]
         if len(labels):
             images, labels = images.to(device), labels.to(device)
+            pruned_forward = (tower if golden is None
+                              else functools.partial(tower, rankings=golden[indices].to(device)))
             if not warmed_up:  # first calls allocate and pick kernels: keep them out of the timings
-                clip.visual(images), tower(images)
+                clip.visual(images), pruned_forward(images)
                 warmed_up = True
-            for tally, forward in ((unpruned, clip.visual), (pruned, tower)):
+            for tally, forward in ((unpruned, clip.visual), (pruned, pruned_forward)):
                 embeddings, seconds = _timed(forward, images)
                 tally.seconds += seconds
                 for k, hits in topk_correct(zero_shot_logits(embeddings, classifier), labels).items():
@@ -116,6 +142,7 @@ def evaluate(clip: LoadedClip, data_root: str | Path, config: EvalConfig,
         "pruning": {"layer": tower.layer, "keep": config.keep, "keep_count": tower.keep_count,
                     "scorer": config.scorer, "seed": config.seed, "fuse_dropped": config.fuse_dropped,
                     "block_cost_ratio": block_cost_ratio(spec, config.keep, tower.layer, fused=config.fuse_dropped)},
+        "ranking": config.ranking,
         "device": str(device),
         "config": asdict(config),
         "results": {

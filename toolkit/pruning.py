@@ -109,11 +109,12 @@ class PrunedVisionTower(nn.Module):
         if self.learnable_tokens is not None:
             extra = self.learnable_tokens.to(tokens.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)
             tokens = torch.cat([tokens, extra], dim=1)
-        x = self._run_blocks(tokens, self.layer, self.spec.layers)[:, :pooled_count]
-        pooled, _ = self.visual._pool(x)
-        if self.visual.proj is not None:
-            pooled = pooled @ self.visual.proj
-        return pooled
+        return self.head(self._run_blocks(tokens, self.layer, self.spec.layers)[:, :pooled_count])
+
+    def head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """open_clip's pooling and projection on the last block's output [B,T,D] -> embedding [B,E]."""
+        pooled, _ = self.visual._pool(tokens)
+        return pooled if self.visual.proj is None else pooled @ self.visual.proj
 
     def forward(self, images: torch.Tensor, rankings: torch.Tensor | None = None, return_indices: bool = False):
         """images [B,3,H,W] (rankings [B,N] for the ``indices`` scorer) -> embedding [B,E].

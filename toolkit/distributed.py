@@ -1,0 +1,50 @@
+"""torch.distributed for processes started by ``torchrun``: which part of the work is this process's,
+and a gather of per-process results onto rank 0."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from .errors import PrtkInputError
+from .rank_run import Shard
+
+
+def work_partition(shard: str | None) -> tuple[Shard, Callable[[dict], dict | None] | None]:
+    """This process's part of the work and the gather onto rank 0 (None without torch.distributed).
+
+    Under torchrun: its rank of the world. Otherwise ``shard`` (``"i/n"``, across machines), or all of it.
+    """
+    world = torchrun_world()
+    if world is None:
+        return (Shard.parse(shard) if shard else Shard()), None
+    if shard is not None:
+        raise PrtkInputError("--shard splits work across machines; under torchrun the processes split it already")
+    return world
+
+
+def torchrun_world() -> tuple[Shard, Callable[[dict], dict | None]] | None:
+    """Under torchrun with more than one process: (this process's shard, gather); otherwise None.
+
+    ``gather(results)`` merges every process's ``{key: value}`` on rank 0 and returns it there, None
+    elsewhere. The gloo backend carries it (CPU tensors), so it works with or without GPUs.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+    def gather(results: dict) -> dict | None:
+        collected = [None] * world if rank == 0 else None
+        dist.gather_object(results, collected, dst=0)
+        if rank != 0:
+            return None
+        merged = {}
+        for part in collected:
+            merged.update(part)
+        return merged
+
+    return Shard(rank, world), gather

@@ -1,0 +1,89 @@
+"""The ranking file (``.prtk``): one safetensors file, tensors per image plus JSON metadata.
+
+Tensors: ``order`` int32 [I, N] (patch indices, most important first), ``scores`` float32 [I, N]
+(each patch's candidate score in the last round it took part in), ``rounds`` int32 [I, N] (that
+round). Metadata key ``prtk`` holds JSON: format, model name and weights hash, layer, score, step,
+min_keep, the data root, classes, and per image its relative path, content hash and label, plus
+which slice of the images the file covers (a shard of ``--shard i/n``, or all of them).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .artifacts import write_bytes_atomic
+from .errors import PrtkInputError
+
+FORMAT = "prtk-ranking/1"
+TENSORS = ("order", "scores", "rounds")
+
+
+@dataclass
+class RankingFile:
+    """``tensors`` maps ``order``/``scores``/``rounds`` to [I, N] tensors; ``meta`` is the JSON metadata."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict
+
+    @property
+    def images(self) -> list[dict]:
+        return self.meta["images"]
+
+    def identity(self) -> dict:
+        """What the shards of one run share: everything but which rows each holds."""
+        return {key: value for key, value in self.meta.items() if key != "shard"}
+
+
+def save_ranking(path: str | Path, ranking: RankingFile) -> None:
+    """Write atomically; equal inputs give equal bytes (sorted JSON keys, fixed tensor order)."""
+    from safetensors.torch import save
+
+    tensors = {name: ranking.tensors[name].contiguous() for name in TENSORS}
+    meta = ranking.meta | {"format": FORMAT}
+    write_bytes_atomic(path, save(tensors, metadata={"prtk": json.dumps(meta, sort_keys=True)}))
+
+
+def load_ranking(path: str | Path) -> RankingFile:
+    """Read a ranking file; anything else is refused in one line."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise PrtkInputError(f"ranking file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {}).get("prtk", "{}"))
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # any decoding failure is a bad file, reported in one line
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise PrtkInputError(f"cannot read ranking file {path}: {reason}") from None
+    if meta.get("format") != FORMAT or set(tensors) != set(TENSORS):
+        raise PrtkInputError(f"{path} is not a prtk ranking file (format {meta.get('format')!r})")
+    return RankingFile(tensors=tensors, meta=meta)
+
+
+def rankings_for(ranking: RankingFile, model: str, weights_sha256: str, relative_paths: list[str],
+                 file_hashes: list[str]) -> torch.Tensor:
+    """The ``order`` rows [I, N] for images given by relative path, after checking the file fits them.
+
+    Refuses a ranking of another model or weights, and images the file does not hold or whose
+    content changed since ranking.
+    """
+    meta = ranking.meta
+    if meta["model"] != model or meta["weights_sha256"] != weights_sha256:
+        raise PrtkInputError(f"ranking was made for {meta['model']} with weights {meta['weights_sha256'][:12]}, "
+                             f"not {model} with weights {weights_sha256[:12]}")
+    rows = {image["path"]: (row, image["sha256"]) for row, image in enumerate(ranking.images)}
+    selected = []
+    for path, digest in zip(relative_paths, file_hashes, strict=True):
+        if path not in rows:
+            raise PrtkInputError(f"ranking holds no image {path} (it ranks {meta['data_root']}): rank this data first")
+        row, ranked_digest = rows[path]
+        if ranked_digest != digest:
+            raise PrtkInputError(f"image {path} differs from the one that was ranked (content hash changed)")
+        selected.append(row)
+    return ranking.tensors["order"][torch.tensor(selected, dtype=torch.long)]
