@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -39,3 +40,20 @@ def write_bytes_atomic(path: str | Path, payload: bytes) -> None:
 
 def write_json_atomic(path: str | Path, document: dict) -> None:
     write_bytes_atomic(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+
+
+def prepare_run_folder(folder: Path, run_key: dict, discard: bool) -> None:
+    """Create the folder that keeps a long run's finished parts, or check that the one found is this run's.
+
+    ``run_key`` identifies the run (settings, model, data); a folder left by another run is refused,
+    unless ``discard``, which starts over.
+    """
+    stamp = folder / "run.json"
+    key = json.dumps(run_key, sort_keys=True)
+    if discard and folder.exists():
+        shutil.rmtree(folder)
+    if folder.exists() and stamp.exists() and stamp.read_text() != key:
+        raise PrtkInputError(f"{folder} holds a run with other settings, model or data: remove it or pass --force")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not stamp.exists():
+        write_bytes_atomic(stamp, key.encode())

@@ -43,8 +43,8 @@ class PrtkGroup(click.Group):
 def cli():
     """prtk: learn which CLIP patch tokens to drop and deploy static-shape pruned image towers.
 
-    Pipeline: rank -> train -> export --keep r -> build-engine -> validate. Available now: rank, eval,
-    models, make-shapes, train-testbed. Every command takes --help.
+    Pipeline: rank -> train -> export --keep r -> build-engine -> validate. Available now: rank, train,
+    eval, models, make-shapes, train-testbed. Every command takes --help.
     """
     reuse_freed_memory()
 
@@ -112,10 +112,14 @@ def invocation(ctx: click.Context) -> str:
               help="Fraction of patch tokens kept, in (0, 1]; k = max(1, round(keep * N)).")
 @click.option("--layer", type=int, default=None,
               help="Prune at the input of this block, in [1, L-1]  [default: L // 4, 3 for ViT-B]")
-@click.option("--scorer", type=click.Choice(["cls-attention", "random", "golden"]), default="cls-attention",
-              show_default=True, help="How patch tokens are ranked before pruning (golden: --ranking FILE).")
+@click.option("--scorer", type=click.Choice(["cls-attention", "random", "golden", "predictor"]),
+              default="cls-attention", show_default=True,
+              help="How patch tokens are ranked before pruning (golden: --ranking FILE; predictor: --pack FILE).")
 @click.option("--ranking", metavar="FILE", default=None,
               help="Ranking file from `prtk rank` for --scorer golden (same model, weights and images).")
+@click.option("--pack", metavar="FILE", default=None,
+              help="Ranker pack from `prtk train` for --scorer predictor (its layer; its tokens for --keep).")
+@click.option("--no-tokens", is_flag=True, help="With --scorer predictor: leave out the pack's learnable tokens.")
 @click.option("--fuse-dropped", is_flag=True, help="Add one token averaging the dropped ones (EViT-style).")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Data loader worker processes (0: main).")
@@ -126,7 +130,8 @@ def invocation(ctx: click.Context) -> str:
 @click.option("--json", "json_path", metavar="FILE", default=None, help="Also write the report as JSON (- for stdout).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
 def eval_command(model_name, pretrained, checkpoint, model_config, random_weights, seed, data_root, keep, layer,
-                 scorer, ranking, fuse_dropped, batch_size, workers, limit, skip_bad, device, json_path, force):
+                 scorer, ranking, pack, no_tokens, fuse_dropped, batch_size, workers, limit, skip_bad, device,
+                 json_path, force):
     """Zero-shot top-1/top-5, images/s and GFLOPs of the unpruned and the pruned image tower."""
     from .artifacts import check_writable
     from .console import progress_bar
@@ -137,8 +142,9 @@ def eval_command(model_name, pretrained, checkpoint, model_config, random_weight
     if json_path not in (None, "-"):
         check_writable(json_path, force)
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
-    config = EvalConfig(keep=keep, layer=layer, scorer=scorer, ranking=ranking, seed=seed, fuse_dropped=fuse_dropped,
-                        batch_size=batch_size, workers=workers, limit=limit, skip_bad=skip_bad, device=device)
+    config = EvalConfig(keep=keep, layer=layer, scorer=scorer, ranking=ranking, pack=pack, tokens=not no_tokens,
+                        seed=seed, fuse_dropped=fuse_dropped, batch_size=batch_size, workers=workers, limit=limit,
+                        skip_bad=skip_bad, device=device)
     with progress_bar(f"eval {clip.name}") as update:
         report = evaluate(clip, data_root, config, progress=update)
     _print_eval_table(report, to_stderr=json_path == "-")
@@ -151,7 +157,8 @@ def _print_eval_table(report: dict, to_stderr: bool) -> None:
 
     pruning, results = report["pruning"], report["results"]
     patches = report["architecture"]["num_patches"]
-    rows = [["unpruned", "1", str(patches), "-"], [f"{pruning['scorer']}", f"{pruning['keep']:g}",
+    scorer = pruning["scorer"] + (f" + {pruning['learnable_tokens']} tokens" if pruning["learnable_tokens"] else "")
+    rows = [["unpruned", "1", str(patches), "-"], [scorer, f"{pruning['keep']:g}",
                                                   str(pruning["keep_count"]), str(pruning["layer"])]]
     for row, result in zip(rows, (results["unpruned"], results["pruned"]), strict=True):
         row += [f"{result['top1']:.2f}", f"{result['top5']:.2f}", f"{result['images_per_s']:,.1f}",
@@ -333,6 +340,89 @@ def rank_merge_command(out, shards, force):
     merged = merge_rankings([load_ranking(path) for path in shards])
     save_ranking(out, merged)
     click.echo(f"wrote {out}: {merged.tensors['order'].shape[0]} images from {len(shards)} shards", err=True)
+
+
+@cli.command("train")
+@model_options
+@click.option("--ranking", "ranking_path", metavar="FILE", required=True,
+              help="Ranking file from `prtk rank` (its images, layer and golden orders are the training data).")
+@click.option("--data", "data_root", metavar="DIR", required=True,
+              help="The ImageFolder the ranking was made from (each image is checked against its hash).")
+@click.option("--out", metavar="FILE", required=True, help="Ranker pack to write (e.g. pack.prtk).")
+@click.option("--keep", "keeps", default="0.5,0.6,0.7", show_default=True, metavar="R[,R...]",
+              help="Keep ratios: the predictor's target budgets, and one set of learnable tokens each.")
+@click.option("--tokens", "num_tokens", type=int, default=8, show_default=True,
+              help="Learnable tokens P per keep ratio (0: predictor only).")
+@click.option("--loss", type=click.Choice(["kl", "listmle"]), default="kl", show_default=True,
+              help="kl: KL to the golden keep set, averaged over the keep ratios (reference); "
+                   "listmle: likelihood of the whole golden order.")
+@click.option("--predictor-epochs", type=int, default=40, show_default=True, help="Epochs of predictor training.")
+@click.option("--token-epochs", type=int, default=15, show_default=True, help="Epochs of token training per keep.")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Images per training step.")
+@click.option("--predictor-lr", type=float, default=3e-3, show_default=True, help="Peak AdamW learning rate.")
+@click.option("--token-lr", type=float, default=3e-3, show_default=True, help="Peak AdamW learning rate.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="Share of the ranked images held out for the metrics and the choice of the best epoch.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--json", "json_path", metavar="FILE", default=None,
+              help="Also write the pack's metadata and metrics as JSON (- for stdout).")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs and discard a partial run.")
+def train_command(model_name, pretrained, checkpoint, model_config, random_weights, seed, ranking_path, data_root,
+                  out, keeps, num_tokens, loss, predictor_epochs, token_epochs, batch_size, predictor_lr, token_lr,
+                  val_fraction, device, json_path, force):
+    """Train the predictor on a ranking file, then learnable tokens per keep ratio; write a ranker pack.
+
+    A killed run restarted with the same command continues at the epoch where it stopped. Under
+    `torchrun --nproc-per-node N` it trains with DistributedDataParallel and rank 0 writes the pack.
+    """
+    from .artifacts import check_writable
+    from .console import progress_bar
+    from .distributed import torchrun_world
+    from .ranker_training import TrainConfig, train_pack
+
+    config = TrainConfig(keeps=parse_keeps(keeps), num_tokens=num_tokens, loss=loss,
+                         predictor_epochs=predictor_epochs, token_epochs=token_epochs, batch_size=batch_size,
+                         predictor_lr=predictor_lr, token_lr=token_lr, val_fraction=val_fraction, seed=seed,
+                         device=device)
+    config.check()
+    if json_path not in (None, "-"):
+        check_writable(json_path, force)
+    distributed = torchrun_world()
+    world = (distributed[0].index, distributed[0].count) if distributed else (0, 1)
+    clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
+    with progress_bar(f"train {clip.name}", unit="step") as update:
+        pack = train_pack(clip, ranking_path, data_root, out, config, force=force, progress=update, world=world)
+    if world[0] != 0:
+        return
+    _print_pack_table(pack.meta)
+    click.echo(f"wrote {out}", err=True)
+    if json_path is not None:
+        emit_json(pack.meta, json_path, force)
+
+
+def parse_keeps(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise PrtkInputError(f"--keep must be comma-separated ratios like 0.5,0.6,0.7, got {text!r}") from None
+
+
+def _print_pack_table(meta: dict) -> None:
+    from .console import print_table, stderr
+
+    metrics, cost = meta["metrics"], meta["predictor_cost"]
+    rows = []
+    for keep in (f"{k:g}" for k in meta["keep_ratios"]):
+        tokens = metrics["tokens"][keep]
+        rows.append([keep, str(tokens["keep_count"]), f"{metrics['predictor']['top_k_overlap'][keep]:.3f}",
+                     f"{tokens['val_top1_no_tokens']:.2f}",
+                     f"{tokens['val_top1']:.2f}" if "val_top1" in tokens else "-"])
+    title = f"{meta['model']} pack: layer {meta['layer']}, {meta['training_data']['held_out']} held-out images"
+    print_table(title, ["keep", "k", "top-k overlap", "top-1 %", f"top-1 % + {meta['num_tokens']} tokens"], rows,
+                console=stderr)
+    stderr.print(f"unpruned top-1 {metrics['unpruned_val_top1']:.2f}%, Kendall tau "
+                 f"{metrics['predictor']['kendall_tau']:.3f}; predictor {cost['params']:,} parameters "
+                 f"({100 * cost['params_ratio']:.2f}% of the tower's), {100 * cost['macs_ratio']:.2f}% of its MACs")
 
 
 def main() -> None:

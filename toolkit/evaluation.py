@@ -26,8 +26,10 @@ class EvalConfig:
 
     keep: float = 0.6
     layer: int | None = None  # None: L // 4
-    scorer: str = "cls-attention"  # or random, golden (needs ranking)
+    scorer: str = "cls-attention"  # or random, golden (needs ranking), predictor (needs pack)
     ranking: str | None = None  # ranking file for the golden scorer
+    pack: str | None = None  # ranker pack for the predictor scorer
+    tokens: bool = True  # with the predictor: append the pack's learnable tokens for this keep ratio
     seed: int = 0
     fuse_dropped: bool = False
     batch_size: int = 64
@@ -64,6 +66,34 @@ def _golden_rankings(clip: LoadedClip, dataset: ImageFolderDataset, config: Eval
     return layer, rankings_for(ranking, clip.name, clip.weights_sha256, paths, hashes)
 
 
+def _pruned_tower(clip: LoadedClip, dataset: ImageFolderDataset,
+                  config: EvalConfig) -> tuple[PrunedVisionTower, torch.Tensor | None, int]:
+    """The pruned tower for ``config``, the golden rankings [I, N] it reads (golden scorer only), and the
+    scorer's own MACs per image (the predictor's; the other scorers' are negligible)."""
+    for option, value, scorer in (("--ranking", config.ranking, "golden"), ("--pack", config.pack, "predictor")):
+        if value is not None and config.scorer != scorer:
+            raise PrtkInputError(f"{option} is read only by --scorer {scorer}, got --scorer {config.scorer}")
+    if config.scorer == "predictor":
+        from .pack import load_pack
+        from .predictor import predictor_macs
+
+        if config.pack is None:
+            raise PrtkInputError("the predictor scorer needs --pack FILE (made by `prtk train`)")
+        if config.fuse_dropped:
+            raise PrtkInputError("--fuse-dropped does not go with --scorer predictor (its tokens were trained without)")
+        pack = load_pack(config.pack)
+        if config.layer is not None and config.layer != pack.layer:
+            raise PrtkInputError(f"--layer {config.layer} differs from the pack's layer {pack.layer}")
+        tower = pack.tower(clip, config.keep, config.tokens)
+        return tower, None, predictor_macs(clip.spec, tower.scorer.predictor.config)
+    if config.scorer == "golden":
+        layer, golden = _golden_rankings(clip, dataset, config)
+        return PrunedVisionTower(clip.visual, config.keep, layer, make_scorer("indices"),
+                                 fuse_dropped=config.fuse_dropped), golden, 0
+    return PrunedVisionTower(clip.visual, config.keep, config.layer, make_scorer(config.scorer, config.seed),
+                             fuse_dropped=config.fuse_dropped), None, 0
+
+
 def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise PrtkInputError(f"device must be cpu or cuda[:N], got {name!r}")
@@ -92,15 +122,9 @@ def evaluate(clip: LoadedClip, data_root: str | Path, config: EvalConfig,
     device = resolve_device(config.device)
     spec = clip.spec
     dataset = ImageFolderDataset(data_root, clip.preprocess, spec.image_size, config.limit)
-    layer, golden = config.layer, None
-    if config.ranking is not None and config.scorer != "golden":
-        raise PrtkInputError(f"--ranking is read only by --scorer golden, got --scorer {config.scorer}")
-    if config.scorer == "golden":
-        layer, golden = _golden_rankings(clip, dataset, config)
-    tower = PrunedVisionTower(clip.visual, config.keep, layer,
-                              make_scorer("indices" if golden is not None else config.scorer, config.seed),
-                              fuse_dropped=config.fuse_dropped)
+    tower, golden, scorer_macs = _pruned_tower(clip, dataset, config)
     clip.model.to(device)
+    tower.to(device)
     classifier = class_embeddings(clip.model, clip.tokenizer, [class_display_name(c) for c in dataset.classes],
                                   config.templates)
     unpruned, pruned, skipped, warmed_up, completed = _Tally(), _Tally(), [], False, 0
@@ -141,12 +165,17 @@ def evaluate(clip: LoadedClip, data_root: str | Path, config: EvalConfig,
                  "skipped_bad": skipped},
         "pruning": {"layer": tower.layer, "keep": config.keep, "keep_count": tower.keep_count,
                     "scorer": config.scorer, "seed": config.seed, "fuse_dropped": config.fuse_dropped,
-                    "block_cost_ratio": block_cost_ratio(spec, config.keep, tower.layer, fused=config.fuse_dropped)},
+                    "learnable_tokens": tower.num_learnable_tokens,
+                    "block_cost_ratio": block_cost_ratio(spec, config.keep, tower.layer, tower.num_learnable_tokens,
+                                                         fused=config.fuse_dropped)},
         "ranking": config.ranking,
+        "pack": config.pack,
         "device": str(device),
         "config": asdict(config),
         "results": {
             "unpruned": unpruned.result(evaluated, vision_macs(spec)),
-            "pruned": pruned.result(evaluated, vision_macs(spec, config.keep, tower.layer, fused=config.fuse_dropped)),
+            "pruned": pruned.result(evaluated, scorer_macs + vision_macs(spec, config.keep, tower.layer,
+                                                                         tower.num_learnable_tokens,
+                                                                         fused=config.fuse_dropped)),
         },
     }

@@ -47,6 +47,28 @@ def _square_pixels(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+def _decode(payload: bytes, path: Path, size: int) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(payload)) as image:
+            return _square_pixels(image, size)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise PrtkInputError(f"cannot decode image {path}: {error}") from None
+
+
+def load_listed_images(root: str | Path, relative_paths: list[str], size: int) -> tuple[torch.Tensor, list[str]]:
+    """Decode the images ``root/<relative path>`` to uint8 ``[I, 3, size, size]``, with each file's sha256."""
+    pixels = np.empty((len(relative_paths), size, size, 3), dtype=np.uint8)
+    hashes = []
+    for index, relative in enumerate(relative_paths):
+        path = Path(root) / relative
+        if not path.is_file():
+            raise PrtkInputError(f"image {relative} is missing from {root}")
+        payload = path.read_bytes()
+        hashes.append(hashlib.sha256(payload).hexdigest())
+        pixels[index] = _decode(payload, path, size)
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), hashes
+
+
 def load_image_folder(root: str | Path, size: int,
                       progress: Callable[[int, int], None] | None = None) -> LabelledImages:
     """Decode every image of ImageFolder ``root`` to ``size x size``; the hash covers relative paths and bytes."""
@@ -57,11 +79,7 @@ def load_image_folder(root: str | Path, size: int,
         payload = record.path.read_bytes()
         digest.update(f"{dataset.relative_path(index)}|{len(payload)}|".encode())
         digest.update(payload)
-        try:
-            with Image.open(io.BytesIO(payload)) as image:
-                pixels[index] = _square_pixels(image, size)
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise PrtkInputError(f"cannot decode image {record.path}: {error}") from None
+        pixels[index] = _decode(payload, record.path, size)
         if progress is not None and (index % 1000 == 999 or index == len(dataset) - 1):
             progress(index + 1, len(dataset))
     return LabelledImages(images=torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(),

@@ -10,7 +10,6 @@ the work was split, so every way of running gives the same bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Callable
 import torch
 
 from . import __version__
-from .artifacts import check_writable, write_bytes_atomic
+from .artifacts import check_writable, prepare_run_folder, write_bytes_atomic
 from .data import ImageFolderDataset, class_display_name
 from .errors import PrtkInputError
 from .models import LoadedClip
@@ -107,7 +106,7 @@ def rank_folder(clip: LoadedClip, data_root: str | Path, out: str | Path, config
     dataset = ImageFolderDataset(data_root, clip.preprocess, clip.spec.image_size, limit)
     meta = ranking_metadata(clip, dataset, tower, config, chunk)
     partial = out.with_name(f".{out.name}.partial")
-    _prepare_partial(partial, meta, force and gather is None)
+    prepare_run_folder(partial, {k: v for k, v in meta.items() if k != "prtk_version"}, force and gather is None)
     score = CandidateScore.for_classes(config.score, clip, [class_display_name(c) for c in dataset.classes])
     ranker = GoldenRanker(tower, score, config)
     chunks = [c for c in range(-(-len(dataset) // chunk)) if c % shard.count == shard.index]
@@ -138,19 +137,6 @@ def rank_folder(clip: LoadedClip, data_root: str | Path, out: str | Path, config
     save_ranking(out, ranking)
     shutil.rmtree(partial)
     return ranking
-
-
-def _prepare_partial(partial: Path, meta: dict, discard: bool) -> None:
-    """Create the chunk folder, or check that the one found belongs to this run."""
-    stamp = partial / "run.json"
-    key = json.dumps({k: v for k, v in meta.items() if k != "prtk_version"}, sort_keys=True)
-    if discard and partial.exists():
-        shutil.rmtree(partial)
-    if partial.exists() and stamp.exists() and stamp.read_text() != key:
-        raise PrtkInputError(f"{partial} holds a run with other settings, model or data: remove it or pass --force")
-    partial.mkdir(parents=True, exist_ok=True)
-    if not stamp.exists():
-        write_bytes_atomic(stamp, key.encode())
 
 
 def _write_chunk(path: Path, tensors: dict) -> None:

@@ -9,14 +9,13 @@ which slice of the images the file covers (a shard of ``--shard i/n``, or all of
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .artifacts import write_bytes_atomic
 from .errors import PrtkInputError
+from .tagged_file import read_tagged, write_tagged
 
 FORMAT = "prtk-ranking/1"
 TENSORS = ("order", "scores", "rounds")
@@ -39,30 +38,15 @@ class RankingFile:
 
 
 def save_ranking(path: str | Path, ranking: RankingFile) -> None:
-    """Write atomically; equal inputs give equal bytes (sorted JSON keys, fixed tensor order)."""
-    from safetensors.torch import save
-
-    tensors = {name: ranking.tensors[name].contiguous() for name in TENSORS}
-    meta = ranking.meta | {"format": FORMAT}
-    write_bytes_atomic(path, save(tensors, metadata={"prtk": json.dumps(meta, sort_keys=True)}))
+    """Write atomically; equal inputs give equal bytes."""
+    write_tagged(path, {name: ranking.tensors[name] for name in TENSORS}, ranking.meta | {"format": FORMAT})
 
 
 def load_ranking(path: str | Path) -> RankingFile:
     """Read a ranking file; anything else is refused in one line."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise PrtkInputError(f"ranking file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {}).get("prtk", "{}"))
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as error:  # any decoding failure is a bad file, reported in one line
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise PrtkInputError(f"cannot read ranking file {path}: {reason}") from None
-    if meta.get("format") != FORMAT or set(tensors) != set(TENSORS):
-        raise PrtkInputError(f"{path} is not a prtk ranking file (format {meta.get('format')!r})")
+    tensors, meta = read_tagged(path, "ranking file", FORMAT)
+    if set(tensors) != set(TENSORS):
+        raise PrtkInputError(f"{path} is not a prtk ranking file (tensors {', '.join(sorted(tensors))})")
     return RankingFile(tensors=tensors, meta=meta)
 
 
