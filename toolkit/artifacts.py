@@ -38,6 +38,17 @@ def write_bytes_atomic(path: str | Path, payload: bytes) -> None:
         raise
 
 
+def write_torch_atomic(path: str | Path, state: dict) -> None:
+    """``torch.save`` a state dict (tensors, numbers, strings: loadable with ``weights_only=True``) atomically."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
 def write_json_atomic(path: str | Path, document: dict) -> None:
     write_bytes_atomic(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
 

@@ -10,7 +10,6 @@ A state file written after each epoch makes an interrupted run resume where it s
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -22,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .artifacts import write_bytes_atomic
+from .artifacts import write_torch_atomic
 from .augment import random_crop_flip
 from .errors import PrtkInputError
 from .image_tensors import LabelledImages
@@ -131,10 +130,8 @@ def _run_key(clip: LoadedClip, train: LabelledImages, config: ClipTrainConfig) -
 
 def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list,
                 key: str) -> None:
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "history": json.dumps(history), "key": key}, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
+    write_torch_atomic(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                              "history": json.dumps(history), "key": key})
 
 
 def train_clip(clip: LoadedClip, train: LabelledImages, held_out: LabelledImages, config: ClipTrainConfig,

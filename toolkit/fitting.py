@@ -8,7 +8,6 @@ as DistributedDataParallel and each process takes its share of every batch; rank
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .artifacts import write_bytes_atomic
+from .artifacts import write_torch_atomic
 
 
 @dataclass(frozen=True)
@@ -39,12 +38,6 @@ class FitResult:
 
 def _trainable(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
-
-
-def _save_state(path: Path, state: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
 
 
 def fit(module: nn.Module, batch_loss: Callable[[nn.Module, torch.Tensor], torch.Tensor],
@@ -99,7 +92,7 @@ def fit(module: nn.Module, batch_loss: Callable[[nn.Module, torch.Tensor], torch
         if score > best_score:
             best_score, best, best_metrics = score, _trainable(module), metrics
         if rank == 0:
-            _save_state(state_path, {"params": _trainable(module), "optimizer": optimizer.state_dict(),
+            write_torch_atomic(state_path, {"params": _trainable(module), "optimizer": optimizer.state_dict(),
                                      "schedule": schedule.state_dict(), "epoch": epoch + 1,
                                      "best_score": best_score, "best": best, "history": json.dumps(history),
                                      "best_metrics": json.dumps(best_metrics)})
