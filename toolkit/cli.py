@@ -44,7 +44,7 @@ def cli():
     """prtk: learn which CLIP patch tokens to drop and deploy static-shape pruned image towers.
 
     Pipeline: rank -> train -> export --keep r -> build-engine -> validate. Available now: rank, train,
-    eval, models, make-shapes, train-testbed. Every command takes --help.
+    export, build-engine, bench, eval, models, make-shapes, train-testbed. Every command takes --help.
     """
     reuse_freed_memory()
 
@@ -398,6 +398,189 @@ def train_command(model_name, pretrained, checkpoint, model_config, random_weigh
     click.echo(f"wrote {out}", err=True)
     if json_path is not None:
         emit_json(pack.meta, json_path, force)
+
+
+@cli.command("export")
+@model_options
+@click.option("--pack", metavar="FILE", default=None,
+              help="Ranker pack from `prtk train`: its predictor scores the patches, its tokens are appended.")
+@click.option("--scorer", type=click.Choice(["cls-attention", "fixed-random"]), default="cls-attention",
+              show_default=True, help="Without --pack: the baseline scorer (fixed-random: one seeded random patch "
+                                      "subset for every image, the random baseline a static graph can hold).")
+@click.option("--keep", "keeps", default="0.6", show_default=True, metavar="R[,R...]",
+              help="Keep ratios; one graph each, with k = max(1, round(R * N)) patches.")
+@click.option("--layer", type=int, default=None,
+              help="Without --pack: prune at the input of this block  [default: L // 4]")
+@click.option("--out", "out_dir", metavar="DIR", required=True,
+              help="Folder for <model>_keep<R>.onnx and its .json sidecar per ratio.")
+@click.option("--full", is_flag=True, help="Also export the unpruned tower (<model>_full.onnx), the reference.")
+@click.option("--classes", "classes_path", metavar="FILE", default=None,
+              help="Class names, one per line: bake a zero-shot classifier into a 'logits' output [B, C].")
+@click.option("--no-normalize", is_flag=True, help="Output the raw embedding instead of the L2-normalised one.")
+@click.option("--no-kept-indices", is_flag=True, help="Leave out the 'kept_indices' output [B, k].")
+@click.option("--no-tokens", is_flag=True, help="With --pack: leave out its learnable tokens.")
+@click.option("--fp16", is_flag=True, help="fp16 weights and activations; LayerNorm, softmax and I/O stay fp32.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (at least 17).")
+@click.option("--data", "check_data", metavar="DIR", default=None,
+              help="ImageFolder whose images feed the ONNX Runtime check  [default: generated shapes images]")
+@click.option("--check-images", type=int, default=8, show_default=True,
+              help="Images in the ONNX Runtime check (also run alone, at batch 1).")
+@click.option("--no-check", is_flag=True, help="Skip the checks (onnx.checker, ONNX Runtime, TensorRT readiness).")
+@click.option("--json", "json_path", metavar="FILE", default=None,
+              help="Also write the sidecars and check results as JSON (- for stdout).")
+@click.option("--force", is_flag=True, help="Overwrite existing exports.")
+@click.pass_context
+def export_command(ctx, model_name, pretrained, checkpoint, model_config, random_weights, seed, pack, scorer, keeps,
+                   layer, out_dir, full, classes_path, no_normalize, no_kept_indices, no_tokens, fp16, opset,
+                   check_data, check_images, no_check, json_path, force):
+    """Export static-shape ONNX graphs, one per keep ratio, and check each.
+
+    Each graph maps images [batch,3,H,W] to an embedding [batch,E] with the scorer, a constant-K TopK,
+    the gather and the learnable tokens inside; only the batch dimension is dynamic. Checks (a table;
+    any failure exits 1): onnx.checker full check, ONNX Runtime against PyTorch (max abs diff <= 1e-4
+    in fp32, identical kept indices) and TensorRT readiness. The same inputs give byte-identical files.
+    """
+    from .artifacts import check_writable
+    from .console import progress_bar
+    from prtk.export.checks import load_check_images
+    from prtk.export.exporter import ExportConfig, export_models, read_class_names
+
+    config = ExportConfig(keeps=parse_keeps(keeps), pack=pack, scorer=scorer, layer=layer, tokens=not no_tokens,
+                          full=full, normalize=not no_normalize, kept_indices=not no_kept_indices,
+                          classes=read_class_names(classes_path) if classes_path else (), fp16=fp16, opset=opset,
+                          seed=seed, check=not no_check)
+    config.check_values()
+    if json_path not in (None, "-"):
+        check_writable(json_path, force)
+    clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
+    images, source = (None, "") if no_check else load_check_images(clip.preprocess, clip.spec.image_size,
+                                                                    check_data, check_images)
+    with progress_bar(f"export {clip.name}", unit="graph") as update:
+        records = export_models(clip, config, out_dir, images, force=force, progress=update)
+    _print_export_table(records, source, to_stderr=json_path == "-")
+    if json_path is not None:
+        emit_json({"exports": [record.meta | {"path": str(record.path)} for record in records]}, json_path, force)
+    if not all(record.passed for record in records):
+        click.echo("prtk export: a check failed (see the table)", err=True)
+        ctx.exit(1)
+
+
+def _print_export_table(records, source: str, to_stderr: bool) -> None:
+    from .console import print_table, stderr, stdout
+
+    console = stderr if to_stderr else stdout
+    names = [check.name for check in records[0].checks] if records and records[0].checks else []
+    rows = []
+    for record in records:
+        pruning = record.meta["pruning"]
+        size = sum(file.stat().st_size for file in record.files) / 2 ** 20
+        rows.append(["full" if pruning is None else f"{pruning['keep']:g}",
+                     "-" if pruning is None else str(pruning["keep_count"]), f"{record.meta['gflops']:.3f}",
+                     f"{size:.1f}", *("pass" if check.passed else "FAIL" for check in record.checks)])
+    print_table(f"ONNX exports (checks on {source})" if names else "ONNX exports (checks skipped)",
+                ["keep", "k", "GFLOPs", "MiB", *names], rows, console=console)
+    for record in records:
+        for check in record.checks:
+            console.print(f"{record.path.name}: {check.name}: {'pass' if check.passed else 'FAIL'}: {check.detail}",
+                          soft_wrap=True)
+
+
+@cli.command("build-engine")
+@click.argument("target", metavar="DIR_OR_ONNX")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp16", show_default=True,
+              help="Engine precision; under fp16/bf16 LayerNorm, softmax and reductions stay fp32.")
+@click.option("--batch", "batch_profile", default="1:8:32", show_default=True, metavar="MIN:OPT:MAX",
+              help="Optimisation profile of the batch dimension.")
+@click.option("--workspace", type=float, default=4.0, show_default=True, help="Builder workspace limit in GiB.")
+@click.option("--timing-cache", metavar="FILE", default=None,
+              help="Timing cache read before and updated after each build  [default: DIR/timing.cache]")
+@click.option("--force", is_flag=True, help="Overwrite existing engines.")
+def build_engine_command(target, precision, batch_profile, workspace, timing_cache, force):
+    """Build a TensorRT engine from each exported ONNX (a file, or every .onnx in a folder).
+
+    Writes <name>_<precision>.engine beside the ONNX with a .json sidecar: the ONNX sidecar plus the
+    TensorRT version, GPU, compute capability, precision and profile. Needs TensorRT and an NVIDIA GPU.
+    """
+    from pathlib import Path
+
+    from prtk.engines.tensorrt_build import EngineConfig, build_engine, parse_batch_profile, require_tensorrt
+
+    config = EngineConfig(precision, parse_batch_profile(batch_profile), workspace)
+    config.check()
+    target = Path(target)
+    sources = sorted(target.glob("*.onnx")) if target.is_dir() else [target]
+    if not sources or not all(path.is_file() for path in sources):
+        raise PrtkInputError(f"no ONNX file at {target}")
+    require_tensorrt()
+    cache = timing_cache or str((target if target.is_dir() else target.parent) / "timing.cache")
+    for source in sources:
+        out = build_engine(source, EngineConfig(precision, config.batch, workspace, cache), force)
+        click.echo(f"wrote {out}", err=True)
+
+
+@cli.command("bench")
+@model_options
+@click.option("--pack", metavar="FILE", default=None, help="Ranker pack (its predictor and tokens); else --scorer.")
+@click.option("--scorer", type=click.Choice(["cls-attention", "fixed-random"]), default="cls-attention",
+              show_default=True, help="Without --pack: the baseline scorer.")
+@click.option("--keep", "keeps", default="0.5,0.6,0.7", show_default=True, metavar="R[,R...]", help="Keep ratios.")
+@click.option("--layer", type=int, default=None, help="Without --pack: the pruning block  [default: L // 4]")
+@click.option("--backend", "backends", default="torch,onnxruntime", show_default=True, metavar="B[,B...]",
+              help="Among torch, onnxruntime, tensorrt (TensorRT needs a GPU and the tensorrt package).")
+@click.option("--batch", "batches", default="1,8,32", show_default=True, metavar="N[,N...]", help="Batch sizes.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu or cuda[:N]; on cuda onnxruntime uses its CUDA provider.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="torch and TensorRT precision (fp16/bf16 on a GPU only).")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs per case.")
+@click.option("--iterations", type=int, default=10, show_default=True, help="Timed runs per case, at least.")
+@click.option("--seconds", type=float, default=2.0, show_default=True, help="Timed seconds per case, at least.")
+@click.option("--json", "json_path", metavar="FILE", default=None, help="Also write the rows as JSON (- for stdout).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
+def bench_command(model_name, pretrained, checkpoint, model_config, random_weights, seed, pack, scorer, keeps, layer,
+                  backends, batches, device, precision, warmup, iterations, seconds, json_path, force):
+    """Latency (median, p90, p99), images/s, GFLOPs and speedup over the unpruned tower per backend, keep, batch.
+
+    The unpruned tower is measured on every backend and batch too; the speedup is beside the cost-model
+    bound. Backends are timed through one runner interface: CUDA events on a GPU, wall time on CPU.
+    """
+    from .artifacts import check_writable
+    from .console import progress_bar
+    from .evaluation import resolve_device
+    from prtk.engines.benchmark import BenchConfig, Timing, run_bench
+
+    config = BenchConfig(keeps=parse_keeps(keeps), pack=pack, scorer=scorer, layer=layer,
+                         backends=tuple(b.strip() for b in backends.split(",")),
+                         batches=parse_counts(batches, "--batch"), device=device, precision=precision, seed=seed,
+                         timing=Timing(warmup, iterations, seconds))
+    config.check()
+    resolve_device(device)
+    if json_path not in (None, "-"):
+        check_writable(json_path, force)
+    clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
+    with progress_bar(f"bench {clip.name}", unit="case") as update:
+        rows = run_bench(clip, config, progress=update)
+    _print_bench_table(clip.name, config, rows, to_stderr=json_path == "-")
+    if json_path is not None:
+        emit_json({"model": clip.name, "device": device, "precision": precision, "rows": rows}, json_path, force)
+
+
+def parse_counts(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise PrtkInputError(f"{option} must be comma-separated integers like 1,8,32, got {text!r}") from None
+
+
+def _print_bench_table(model: str, config, rows: list[dict], to_stderr: bool) -> None:
+    from .console import print_table, stderr, stdout
+
+    table = [[row["backend"], "full" if row["keep"] is None else f"{row['keep']:g}", str(row["batch"]),
+              *(f"{row[key]:.2f}" for key in ("median_ms", "p90_ms", "p99_ms")), f"{row['images_per_s']:,.1f}",
+              f"{row['gflops']:.2f}", f"{row['speedup']:.2f}x", f"{row['bound']:.2f}x"] for row in rows]
+    print_table(f"{model} on {config.device} ({config.precision})",
+                ["backend", "keep", "batch", "median ms", "p90 ms", "p99 ms", "images/s", "GFLOPs", "speedup", "bound"],
+                table, console=stderr if to_stderr else stdout)
 
 
 def parse_keeps(text: str) -> tuple[float, ...]:

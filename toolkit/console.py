@@ -11,6 +11,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.table import Table
 from rich.text import Text
 
+PIPED_WIDTH = 160  # columns for tables written to a file or pipe, so that none is cut short
 stdout = Console()
 stderr = Console(stderr=True)
 
@@ -63,4 +64,6 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
         table.add_column(column, justify="left" if index == 0 else "right")
     for row in rows:
         table.add_row(*(str(cell) for cell in row))
+    if not console.is_terminal:
+        console = Console(file=console.file, width=PIPED_WIDTH)
     console.print(table)

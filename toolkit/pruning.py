@@ -39,6 +39,12 @@ def default_layer(spec: ViTSpec) -> int:
     return max(1, spec.layers // 4)
 
 
+def ascending(indices: torch.Tensor, count: int) -> torch.Tensor:
+    """Sort ``count`` indices per row [B, count] ascending as a TopK of constant K (an exported ``sort`` reads K
+    from the tensor's shape at run time, which TensorRT refuses)."""
+    return (-indices).topk(count, dim=1).values.neg()
+
+
 class PrunedVisionTower(nn.Module):
     """open_clip's image tower with patch tokens pruned to a static budget at the input of block ``layer``."""
 
@@ -124,6 +130,6 @@ class PrunedVisionTower(nn.Module):
         """
         inputs = self.prefix(images, rankings)
         scores = self.scorer(inputs)  # [B, N]
-        kept = scores.topk(self.keep_count, dim=1).indices.sort(dim=1).values  # [B, k]
+        kept = ascending(scores.topk(self.keep_count, dim=1).indices, self.keep_count)  # [B, k]
         embedding = self.suffix(self.select(inputs.tokens, kept))
         return (embedding, kept) if return_indices else embedding

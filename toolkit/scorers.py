@@ -52,6 +52,20 @@ class RandomScorer(TokenScorer):
         return scores.to(inputs.tokens.device)
 
 
+class FixedRandomScorer(TokenScorer):
+    """One seeded random score per patch, the same for every image: a random baseline a static graph can hold."""
+
+    name = "fixed-random"
+
+    def __init__(self, num_patches: int, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("patch_scores", torch.rand(num_patches, generator=generator))  # [N]
+
+    def forward(self, inputs: ScorerInput) -> torch.Tensor:
+        return self.patch_scores.to(inputs.tokens.dtype).expand(inputs.tokens.shape[0], -1)
+
+
 class ClsAttentionScorer(TokenScorer):
     """EViT-style score: head-averaged attention from CLS to each patch in block ``l-1``.
 

@@ -1,0 +1,160 @@
+"""One runner interface for every backend: the PyTorch module, an ONNX Runtime session, a TensorRT engine.
+
+A runner takes preprocessed images ``[B,3,H,W]`` (float32, CPU) through ``prepare`` (moved to where the
+backend reads them, once, outside any timing), runs them with ``infer`` and hands back the outputs by
+name as CPU numpy arrays with ``fetch``; ``synchronize`` waits for queued GPU work. Validation and
+benchmarks use only this interface.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from prtk.errors import PrtkInputError
+
+GPU_HINT = 'pip install "prtk[gpu]" on a machine with an NVIDIA GPU'
+
+
+class Runner:
+    """Base class. ``name`` says which backend, ``device`` where it runs, ``output_names`` what it returns."""
+
+    name = "runner"
+    device = "cpu"
+    output_names: list[str] = []
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def prepare(self, images: torch.Tensor) -> Any:
+        return images
+
+    def infer(self, prepared: Any) -> Any:
+        raise NotImplementedError
+
+    def fetch(self, outputs: Any) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        if self.on_gpu:
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
+        return self.fetch(self.infer(self.prepare(images)))
+
+
+class TorchRunner(Runner):
+    """A torch module (``DeployedTower``) on CPU or CUDA, in fp32, fp16 or bf16."""
+
+    name = "torch"
+    DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+    def __init__(self, module: torch.nn.Module, device: str = "cpu", precision: str = "fp32"):
+        if precision not in self.DTYPES:
+            raise PrtkInputError(f"precision must be one of {', '.join(self.DTYPES)}, got {precision!r}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise PrtkInputError(f"device {device} requested but CUDA is not available (torch {torch.__version__})")
+        self.device, self.dtype = device, self.DTYPES[precision]
+        if device != "cpu" or precision != "fp32":  # leave the caller's module (and its CLIP) as it was
+            module = copy.deepcopy(module)
+        self.module = module.eval().to(device=device, dtype=self.dtype)
+        self.output_names = list(module.output_names)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(device=self.device, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def infer(self, prepared: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.module(prepared)
+
+    def fetch(self, outputs) -> dict[str, np.ndarray]:
+        return {name: (value.float() if value.is_floating_point() else value).cpu().numpy()
+                for name, value in zip(self.output_names, outputs, strict=True)}
+
+
+class OnnxRuntimeRunner(Runner):
+    """An ONNX file in an ONNX Runtime session: ``provider`` cpu, cuda or tensorrt (as installed)."""
+
+    name = "onnxruntime"
+    PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                 "tensorrt": "TensorrtExecutionProvider"}
+
+    def __init__(self, path: str | Path, provider: str = "cpu", optimization: str = "all"):
+        import onnxruntime
+
+        if provider not in self.PROVIDERS:
+            raise PrtkInputError(f"ONNX Runtime provider must be one of {', '.join(self.PROVIDERS)}, got {provider!r}")
+        wanted = self.PROVIDERS[provider]
+        if wanted not in onnxruntime.get_available_providers():
+            raise PrtkInputError(f"ONNX Runtime {onnxruntime.__version__} here has no {wanted} "
+                                 f"(available: {', '.join(onnxruntime.get_available_providers())}); {GPU_HINT}")
+        options = onnxruntime.SessionOptions()
+        if optimization == "extended":
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        providers = [wanted] + (["CPUExecutionProvider"] if provider != "cpu" else [])
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        self.device = "cpu" if provider == "cpu" else "cuda"
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def synchronize(self) -> None:
+        """``session.run`` returns host arrays: nothing is left queued."""
+
+    def prepare(self, images: torch.Tensor) -> np.ndarray:
+        return np.ascontiguousarray(images.numpy(), dtype=np.float32)
+
+    def infer(self, prepared: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(self.output_names, {self.input_name: prepared})
+
+    def fetch(self, outputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, outputs, strict=True))
+
+
+class TensorRTRunner(Runner):
+    """A serialized TensorRT engine; inputs and outputs are torch CUDA tensors bound by address (no pycuda)."""
+
+    name = "tensorrt"
+
+    def __init__(self, path: str | Path, device: str = "cuda"):
+        from .tensorrt_build import require_tensorrt
+
+        trt = require_tensorrt()
+        self.trt, self.device = trt, device
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            raise PrtkInputError(f"cannot load TensorRT engine {path}: built by another TensorRT version or GPU?")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output_names = [n for n in names if n != self.input_name]
+        self.stream = torch.cuda.Stream(device)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device, torch.float32).contiguous()
+
+    def infer(self, prepared: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.context.set_input_shape(self.input_name, tuple(prepared.shape))
+        self.context.set_tensor_address(self.input_name, prepared.data_ptr())
+        outputs = {}
+        for name in self.output_names:
+            dtype = _TORCH_DTYPES[self.engine.get_tensor_dtype(name).name]
+            outputs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device=self.device)
+            self.context.set_tensor_address(name, outputs[name].data_ptr())
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        return outputs
+
+    def fetch(self, outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        return {name: value.cpu().numpy() for name, value in outputs.items()}
+
+
+_TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
+                 "INT64": torch.int64, "BOOL": torch.bool, "INT8": torch.int8, "UINT8": torch.uint8}

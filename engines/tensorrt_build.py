@@ -1,0 +1,127 @@
+"""Build a serialized TensorRT engine from an exported ONNX graph (TensorRT imported only here, lazily).
+
+The network is parsed from the ONNX file, the optimisation profile covers ``batch = MIN:OPT:MAX`` with every
+other dimension as exported, fp16 / bf16 are enabled as asked while LayerNorm, softmax and reductions stay
+in fp32 (precision constraints obeyed), and a timing cache beside the engine is read and updated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from prtk.artifacts import check_writable, write_bytes_atomic, write_json_atomic
+from prtk.errors import PrtkInputError
+
+from .runners import GPU_HINT
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """``precision``; ``batch`` (min, opt, max); ``workspace_gib`` the builder's scratch limit; ``timing_cache``
+    a file reused across builds (None: none)."""
+
+    precision: str = "fp16"
+    batch: tuple[int, int, int] = (1, 8, 32)
+    workspace_gib: float = 4.0
+    timing_cache: str | None = None
+
+    def check(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise PrtkInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        low, opt, high = self.batch
+        if not 1 <= low <= opt <= high:
+            raise PrtkInputError(f"--batch must be MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, got {low}:{opt}:{high}")
+        if self.workspace_gib <= 0:
+            raise PrtkInputError(f"workspace must be positive, got {self.workspace_gib} GiB")
+
+
+def parse_batch_profile(text: str) -> tuple[int, int, int]:
+    try:
+        low, opt, high = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise PrtkInputError(f"--batch must be MIN:OPT:MAX, e.g. 1:8:32, got {text!r}") from None
+    return low, opt, high
+
+
+def require_tensorrt():
+    """The ``tensorrt`` module, or one line saying what is missing and how to get it."""
+    try:
+        import tensorrt
+    except ImportError:
+        raise PrtkInputError(f"TensorRT is not installed here: {GPU_HINT}") from None
+    if not torch.cuda.is_available():
+        raise PrtkInputError(f"no CUDA GPU is visible (torch {torch.__version__}): TensorRT engines are built and "
+                             "run on an NVIDIA GPU")
+    return tensorrt
+
+
+def engine_path(onnx_path: Path, precision: str) -> Path:
+    """``model_keep0.60.onnx`` -> ``model_keep0.60_fp16.engine`` beside it."""
+    stem = onnx_path.stem.removesuffix("_fp16")
+    return onnx_path.with_name(f"{stem}_{precision}.engine")
+
+
+def build_engine(onnx_path: str | Path, config: EngineConfig, force: bool = False) -> Path:
+    """Build, serialize and write the engine and its sidecar (the ONNX sidecar plus TensorRT's facts)."""
+    config.check()
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise PrtkInputError(f"ONNX file not found: {onnx_path}")
+    out = check_writable(engine_path(onnx_path, config.precision), force)
+    check_writable(out.with_suffix(".json"), force)
+    trt = require_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise PrtkInputError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    builder_config = builder.create_builder_config()
+    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(config.workspace_gib * 2 ** 30))
+    if config.precision != "fp32":
+        builder_config.set_flag(trt.BuilderFlag.FP16 if config.precision == "fp16" else trt.BuilderFlag.BF16)
+        builder_config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        _keep_sensitive_layers_fp32(trt, network)
+    image = network.get_input(0)
+    profile = builder.create_optimization_profile()
+    shape = tuple(image.shape)[1:]
+    profile.set_shape(image.name, *((size, *shape) for size in config.batch))
+    builder_config.add_optimization_profile(profile)
+    cache_path = Path(config.timing_cache) if config.timing_cache else None
+    cache = builder_config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
+    builder_config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, builder_config)
+    if serialized is None:
+        raise PrtkInputError(f"TensorRT could not build an engine from {onnx_path} (see its log above)")
+    write_bytes_atomic(out, bytes(serialized))
+    if cache_path is not None:
+        write_bytes_atomic(cache_path, bytes(builder_config.get_timing_cache().serialize()))
+    write_json_atomic(out.with_suffix(".json"), _onnx_sidecar(onnx_path) | {"tensorrt": {
+        "version": trt.__version__, "gpu": torch.cuda.get_device_name(),
+        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability())),
+        "precision": config.precision, "batch_profile": dict(zip(("min", "opt", "max"), config.batch, strict=True)),
+        "workspace_gib": config.workspace_gib, "onnx": onnx_path.name}})
+    return out
+
+
+def _keep_sensitive_layers_fp32(trt, network) -> None:
+    """LayerNorm, softmax and reductions compute in fp32 under fp16/bf16."""
+    sensitive = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type in sensitive:
+            layer.precision = trt.float32
+            for output in range(layer.num_outputs):
+                layer.set_output_type(output, trt.float32)
+
+
+def _onnx_sidecar(onnx_path: Path) -> dict:
+    sidecar = onnx_path.with_suffix(".json")
+    return json.loads(sidecar.read_text()) if sidecar.is_file() else {}

@@ -1,0 +1,244 @@
+"""``export_models``: one static-shape ONNX graph per keep ratio (and the unpruned reference), checked.
+
+Per keep ratio: build the pruned tower (a pack's predictor and tokens, or a baseline scorer), wrap it as
+``DeployedTower``, trace it, fold it, describe it (``metadata_props`` and a ``.json`` sidecar), write it,
+then run the checks. Nothing in a graph depends on the time or the machine: equal inputs, equal bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from prtk import __version__
+from prtk.artifacts import check_writable, write_json_atomic
+from prtk.errors import PrtkInputError
+from prtk.flops import block_cost_ratio, gflops, vision_macs
+from prtk.models import LoadedClip
+from prtk.pruning import PrunedVisionTower, check_keep
+
+from .checks import CheckResult, Tolerance, check_onnx, check_runtime, check_tensorrt_readiness
+from .deployed import INPUT_NAME, DeployedTower
+from .onnx_graph import BATCH, PROTOBUF_LIMIT, annotate, fold_constants, save_model, tidy, trace
+
+FORMAT = "prtk-onnx/1"
+MIN_OPSET = 17  # LayerNormalization as one op
+BASELINE_SCORERS = ("cls-attention", "fixed-random")
+
+
+@dataclass
+class ExportConfig:
+    """What to export. ``pack`` selects the predictor scorer; without it ``scorer`` is a baseline."""
+
+    keeps: tuple[float, ...] = (0.6,)
+    pack: str | None = None
+    scorer: str = "cls-attention"  # baseline without a pack: cls-attention or fixed-random
+    layer: int | None = None  # baselines only; a pack has its own
+    tokens: bool = True  # the pack's learnable tokens
+    full: bool = False  # also export the unpruned tower
+    normalize: bool = True
+    kept_indices: bool = True
+    classes: tuple[str, ...] = ()  # bake a zero-shot classifier over these class names into a "logits" output
+    fp16: bool = False
+    opset: int = MIN_OPSET
+    seed: int = 0
+    check: bool = True
+    external_threshold: int = PROTOBUF_LIMIT  # bytes above which weights go to a .data file
+
+    def check_values(self) -> None:
+        if not self.keeps:
+            raise PrtkInputError("no keep ratios given")
+        for keep in self.keeps:
+            check_keep(keep)
+        if self.opset < MIN_OPSET:
+            raise PrtkInputError(f"opset must be at least {MIN_OPSET} (LayerNormalization), got {self.opset}")
+        if self.pack is None and self.scorer not in BASELINE_SCORERS:
+            raise PrtkInputError(f"scorer must be one of {', '.join(BASELINE_SCORERS)} without --pack, "
+                                 f"got {self.scorer!r}")
+        if self.pack is not None and self.layer is not None:
+            raise PrtkInputError("--layer is for baseline scorers; a pack prunes at its own layer")
+
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.fp16 else "fp32"
+
+
+@dataclass
+class ExportRecord:
+    """One exported graph: its file(s), its description (the sidecar) and its check results."""
+
+    path: Path
+    files: list[Path]
+    meta: dict
+    checks: list[CheckResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+
+def export_name(model: str, keep: float | None, precision: str) -> str:
+    """``<model>_keep0.60`` (``<model>_full`` for the unpruned tower), ``_fp16`` appended in fp16."""
+    stem = f"{model}_full" if keep is None else f"{model}_keep{keep:.2f}"
+    return stem + ("_fp16" if precision == "fp16" else "")
+
+
+def export_models(clip: LoadedClip, config: ExportConfig, out_dir: str | Path, check_images: torch.Tensor | None,
+                  force: bool = False, progress: Callable[[int, int], None] | None = None) -> list[ExportRecord]:
+    """Export ``config.keeps`` (and the full tower with ``config.full``) to ``out_dir``; ``check_images``
+    ``[n,3,H,W]`` (preprocessed) feed the ONNX Runtime check. Existing files are replaced only with ``force``."""
+    config.check_values()
+    out_dir = Path(out_dir)
+    pack = load_export_pack(clip, config)
+    targets: list[float | None] = [*config.keeps, *([None] if config.full else [])]
+    for keep in targets:
+        stem = export_name(clip.name, keep, config.precision)
+        for suffix in (".onnx", ".json"):
+            check_writable(out_dir / f"{stem}{suffix}", force)
+    classifier = _classifier(clip, config.classes)
+    modules = [deployed_tower(clip, config, pack, keep, classifier) for keep in targets]  # refuse before writing
+    records = []
+    for done, (keep, module) in enumerate(zip(targets, modules, strict=True)):
+        records.append(_export_one(clip, config, module, pack, keep, out_dir, check_images))
+        if progress is not None:
+            progress(done + 1, len(targets))
+    return records
+
+
+def deployed_tower(clip: LoadedClip, config: ExportConfig, pack, keep: float | None,
+                   classifier: torch.Tensor | None = None) -> DeployedTower:
+    """The module exported for ``keep`` (None: the unpruned tower), as ``config`` and ``pack`` describe it."""
+    tower = clip.visual if keep is None else _pruned_tower(clip, config, pack, keep)
+    return DeployedTower(tower, config.normalize, classifier, _logit_scale(clip), config.kept_indices).eval()
+
+
+def load_export_pack(clip: LoadedClip, config: ExportConfig):
+    """``config.pack`` read and checked against ``clip`` (None without a pack)."""
+    if config.pack is None:
+        return None
+    from prtk.pack import load_pack
+
+    pack = load_pack(config.pack)
+    pack.check_model(clip)
+    return pack
+
+
+def _pruned_tower(clip: LoadedClip, config: ExportConfig, pack, keep: float) -> PrunedVisionTower:
+    from prtk.scorers import ClsAttentionScorer, FixedRandomScorer
+
+    if pack is not None:
+        return pack.tower(clip, keep, config.tokens)
+    scorer = (ClsAttentionScorer() if config.scorer == "cls-attention"
+              else FixedRandomScorer(clip.spec.num_patches, config.seed))
+    return PrunedVisionTower(clip.visual, keep, config.layer, scorer).requires_grad_(False)
+
+
+def _classifier(clip: LoadedClip, classes: tuple[str, ...]) -> torch.Tensor | None:
+    from prtk.zeroshot import class_embeddings
+
+    if not classes:
+        return None
+    return class_embeddings(clip.model, clip.tokenizer, list(classes)).clone()
+
+
+def _logit_scale(clip: LoadedClip) -> float:
+    scale = getattr(clip.model, "logit_scale", None)
+    return float(scale.detach().exp()) if scale is not None else 100.0
+
+
+def _export_one(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack, keep: float | None,
+                out_dir: Path, check_images: torch.Tensor | None) -> ExportRecord:
+    spec = clip.spec
+    example = torch.zeros(2, 3, spec.image_size, spec.image_size)
+    model = tidy(fold_constants(trace(module, example, INPUT_NAME, module.output_names, config.opset)))
+    if config.fp16:
+        from .fp16 import convert_to_fp16
+
+        model = convert_to_fp16(model)
+    meta = describe(clip, config, module, pack, keep)
+    annotate(model, {"prtk": json.dumps(meta, sort_keys=True)}, __version__)
+    stem = export_name(clip.name, keep, config.precision)
+    path = out_dir / f"{stem}.onnx"
+    readiness = check_tensorrt_readiness(model) if config.check else None  # before saving moves weights out
+    files = save_model(model, path, config.external_threshold)
+    checks = []
+    if config.check:
+        checks.append(check_onnx(path))
+        if check_images is not None:
+            checks.append(check_runtime(path, module, check_images, Tolerance.for_precision(config.precision)))
+        checks.append(readiness)
+    sidecar = meta | {"files": [file.name for file in files], "checks": [check.as_dict() for check in checks]}
+    write_json_atomic(path.with_suffix(".json"), sidecar)
+    return ExportRecord(path=path, files=files, meta=sidecar, checks=checks)
+
+
+def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack, keep: float | None) -> dict:
+    """What an application needs to feed the graph and what validation needs to match it to its reference."""
+    spec = clip.spec
+    tower = module.tower
+    pruned = isinstance(tower, PrunedVisionTower)
+    tokens = tower.num_learnable_tokens if pruned else 0
+    layer = tower.layer if pruned else None
+    preprocess = clip.preprocess_config
+    outputs = [{"name": "embedding", "shape": [BATCH, spec.output_dim], "dtype": "float32",
+                "l2_normalized": config.normalize}]
+    if module.classifier is not None:
+        outputs.append({"name": "logits", "shape": [BATCH, len(config.classes)], "dtype": "float32",
+                        "classes": list(config.classes), "logit_scale": module.logit_scale})
+    if module.kept_indices:
+        outputs.append({"name": "kept_indices", "shape": [BATCH, tower.keep_count], "dtype": "int64",
+                        "meaning": "kept patch indices, row-major over the patch grid, CLS excluded, ascending"})
+    macs = vision_macs(spec, keep, layer, tokens) if pruned else vision_macs(spec)
+    if pack is not None and pruned:
+        from prtk.predictor import predictor_macs
+
+        macs += predictor_macs(spec, tower.scorer.predictor.config)
+    return {
+        "format": FORMAT,
+        "prtk_version": __version__,
+        "model": clip.name,
+        "weights": clip.weights | {"sha256": clip.weights_sha256},
+        "architecture": spec.as_dict(),
+        "pruning": None if not pruned else {
+            "scorer": "predictor" if pack is not None else config.scorer,
+            "seed": config.seed if config.scorer == "fixed-random" and pack is None else None,
+            "layer": layer, "keep": keep, "keep_count": tower.keep_count, "num_learnable_tokens": tokens,
+            "block_cost_ratio": block_cost_ratio(spec, keep, layer, tokens),
+        },
+        "pack": None if pack is None else {"sha256": _file_sha256(config.pack), "ranking": pack.meta.get("ranking"),
+                                           "training_data": pack.meta.get("training_data")},
+        "gflops": gflops(macs),
+        "precision": config.precision,
+        "opset": config.opset,
+        "input": {"name": INPUT_NAME, "shape": [BATCH, 3, spec.image_size, spec.image_size], "dtype": "float32",
+                  "layout": "NCHW", "color": "RGB", "scale": "pixel / 255, then (x - mean) / std per channel",
+                  "mean": list(preprocess.get("mean", ())), "std": list(preprocess.get("std", ())),
+                  "resize": {"size": spec.image_size, "mode": preprocess.get("resize_mode", "shortest"),
+                             "interpolation": preprocess.get("interpolation", "bicubic"),
+                             "crop": "center"}},
+        "outputs": outputs,
+        "export": {key: value for key, value in asdict(config).items()
+                   if key in ("normalize", "kept_indices", "tokens", "opset", "fp16")},
+    }
+
+
+def read_class_names(path: str | Path) -> tuple[str, ...]:
+    """Class names for ``--classes``: one per line, blank lines ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrtkInputError(f"classes file not found: {path}")
+    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if len(names) < 2:
+        raise PrtkInputError(f"classes file {path} needs at least 2 class names (one per line), found {len(names)}")
+    return names
+
+
+def _file_sha256(path: str) -> str:
+    from prtk.rank_run import file_sha256
+
+    return file_sha256(Path(path))
+

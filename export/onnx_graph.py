@@ -1,0 +1,151 @@
+"""From a torch module to a clean, deterministic ONNX graph: trace, fold, tidy, annotate, save.
+
+The graph is traced with torch's TorchScript-based exporter at a fixed opset (LayerNormalization is one
+op from opset 17), constant-folded with onnx-graphsurgeon (shape arithmetic on static dimensions
+becomes constants, so only the batch dimension stays symbolic), then tidied for TensorRT: every
+input's and output's first dimension is named ``batch`` and Slice bounds are clamped to int32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from prtk.artifacts import write_bytes_atomic
+
+BATCH = "batch"
+INT32 = np.iinfo(np.int32)
+PROTOBUF_LIMIT = 2 ** 31 - 1  # bytes: larger models keep their weights in an external data file
+
+
+def trace(module: torch.nn.Module, example: torch.Tensor, input_name: str, output_names: list[str],
+          opset: int) -> onnx.ModelProto:
+    """Export ``module(example)`` with a dynamic batch dimension and everything else static.
+
+    The TorchScript-based exporter (deprecated since torch 2.9, still shipped) is used on purpose: its
+    graphs fold to static shapes that ONNX Runtime's symbolic shape inference follows end to end, which the
+    readiness check relies on; its deprecation warning is silenced here.
+    """
+    axes = {name: {0: BATCH} for name in [input_name, *output_names]}
+    with tempfile.TemporaryDirectory() as folder, torch.inference_mode(False), torch.no_grad():
+        path = Path(folder) / "model.onnx"
+        with contextlib.redirect_stdout(io.StringIO()), _without_attention_fastpath(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export",
+                                    DeprecationWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shape checks on static dims
+            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=[input_name], output_names=output_names, dynamic_axes=axes,
+                              do_constant_folding=True)
+        return onnx.load(str(path))
+
+
+@contextlib.contextmanager
+def _without_attention_fastpath():
+    """nn.MultiheadAttention's fused inference kernel has no ONNX form: trace the composite ops instead."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold every constant subgraph, including shape arithmetic on static dimensions (onnx-graphsurgeon)."""
+    import onnx_graphsurgeon as gs
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+    graph = gs.import_onnx(model)
+    graph.fold_constants(fold_shapes=True).cleanup().toposort()
+    return gs.export_onnx(graph)
+
+
+def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give outputs their static shapes (the tracer leaves some symbolic), name the batch dimension of inputs
+    and outputs, drop intermediate value_info, and clamp Slice bounds to int32."""
+    _static_output_shapes(model)
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = BATCH
+    del model.graph.value_info[:]
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Slice":
+            continue
+        for name in node.input[1:3]:  # starts, ends
+            tensor = initializers.get(name)
+            if tensor is None or tensor.data_type != onnx.TensorProto.INT64:
+                continue
+            values = numpy_helper.to_array(tensor)
+            clamped = np.clip(values, INT32.min, INT32.max).astype(np.int64)
+            if not np.array_equal(values, clamped):
+                tensor.CopyFrom(numpy_helper.from_array(clamped, name))
+    return model
+
+
+def _static_output_shapes(model: onnx.ModelProto) -> None:
+    """Copy the output dimensions that symbolic shape inference resolves to numbers into the graph outputs."""
+    try:
+        inferred = infer_symbolic_shapes(model)
+    except Exception:  # the readiness check reports graphs the tool cannot follow
+        return
+    for output, known in zip(model.graph.output, inferred.graph.output, strict=True):
+        for dim, known_dim in zip(output.type.tensor_type.shape.dim, known.type.tensor_type.shape.dim, strict=True):
+            if known_dim.HasField("dim_value"):
+                dim.dim_value = known_dim.dim_value
+
+
+def infer_symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX Runtime's symbolic shape inference (dimensions as expressions of ``batch``); raises when it cannot
+    follow the graph. Runs in a scratch folder: on failure the tool saves a file in the working directory."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="prtk-shapes-") as scratch:
+        os.chdir(scratch)
+        try:
+            return SymbolicShapeInference.infer_shapes(model, auto_merge=False, guess_output_rank=False)
+        finally:
+            os.chdir(previous)
+
+
+def annotate(model: onnx.ModelProto, metadata: dict[str, str], version: str) -> onnx.ModelProto:
+    """Set producer and ``metadata_props`` (replacing any earlier ones)."""
+    model.producer_name = "prtk"
+    model.producer_version = version
+    del model.metadata_props[:]
+    for key in sorted(metadata):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, metadata[key]
+    return model
+
+
+def save_model(model: onnx.ModelProto, path: Path, external_threshold: int = PROTOBUF_LIMIT) -> list[Path]:
+    """Write ``path`` atomically (and ``path.data`` with the weights when the model exceeds
+    ``external_threshold`` bytes; ``model`` then refers to that file); returns the files written. Equal
+    models give equal bytes."""
+    data_path = path.with_name(path.name + ".data")
+    if model.ByteSize() <= external_threshold:
+        write_bytes_atomic(path, model.SerializeToString())
+        data_path.unlink(missing_ok=True)
+        return [path]
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
+        staged = Path(folder) / path.name
+        onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_path.name, size_threshold=1024)
+        os.replace(Path(folder) / data_path.name, data_path)
+        os.replace(staged, path)
+    return [path, data_path]

@@ -1,0 +1,97 @@
+"""Runners, `prtk bench` on the CPU backends, and `prtk build-engine` (TensorRT where present, a refusal elsewhere)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_one_line_error
+from prtk.engines.runners import OnnxRuntimeRunner, TorchRunner
+from prtk.export.checks import load_check_images
+from prtk.export.exporter import ExportConfig, deployed_tower, export_models
+from prtk.models import load_clip
+
+SHAPES = "prtk-testbed-shapes"
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+NO_TENSORRT = "needs TensorRT and an NVIDIA GPU (pip install \"prtk[gpu]\")"
+
+
+def test_torch_and_onnxruntime_runners_agree(tmp_path):
+    clip = load_clip(SHAPES)
+    config = ExportConfig(keeps=(0.6,), check=False)
+    (record,) = export_models(clip, config, tmp_path, None)
+    images, _ = load_check_images(clip.preprocess, 64, None, 4)
+    from_torch = TorchRunner(deployed_tower(clip, config, None, 0.6))(images)
+    from_onnx = OnnxRuntimeRunner(record.path)(images)
+    assert list(from_torch) == list(from_onnx) == ["embedding", "kept_indices"]
+    np.testing.assert_allclose(from_onnx["embedding"], from_torch["embedding"], atol=1e-5)
+    assert np.array_equal(from_onnx["kept_indices"], from_torch["kept_indices"])
+
+
+def test_bench_measures_the_cpu_backends(run_cli):
+    result = run_cli("bench", "--model", SHAPES, "--backend", "torch,onnxruntime", "--keep", "0.5,0.7",
+                     "--batch", "1,4", "--warmup", "1", "--iterations", "3", "--seconds", "0", "--json", "-")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert [(r["backend"], r["keep"], r["batch"]) for r in rows] == [
+        (backend, keep, batch) for backend in ("torch", "onnxruntime") for keep in (None, 0.5, 0.7) for batch in (1, 4)]
+    for row in rows:
+        assert row["iterations"] >= 3 and 0 < row["median_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["images_per_s"] == pytest.approx(1000 * row["batch"] / row["median_ms"])
+        if row["keep"] is None:
+            assert row["speedup"] == 1.0 and row["bound"] == 1.0
+        else:
+            assert row["bound"] > 1.0 and row["gflops"] < rows[0]["gflops"]
+    assert "speedup" in result.stderr and "onnxruntime" in result.stderr
+
+
+def test_bench_and_build_engine_refusals(run_cli, tmp_path):
+    bench = ["bench", "--model", SHAPES, "--keep", "0.6", "--batch", "1"]
+    assert_one_line_error(run_cli(*bench, "--precision", "fp16"), "fp16 is for GPUs")
+    assert_one_line_error(run_cli(*bench, "--backend", "torch,openvino"), "backends must be among")
+    assert_one_line_error(run_cli(*bench, "--batch", "1,x"), "--batch must be comma-separated integers")
+    assert_one_line_error(run_cli("build-engine", tmp_path / "missing.onnx"), "no ONNX file at")
+    assert_one_line_error(run_cli("build-engine", tmp_path, "--batch", "8:1:32"), "MIN:OPT:MAX")
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT and a GPU are present: the refusal cannot happen")
+def test_build_engine_without_tensorrt_says_what_is_missing(run_cli, tmp_path):
+    export_models(load_clip(SHAPES), ExportConfig(keeps=(0.6,), check=False), tmp_path, None)
+    for args in (["build-engine", tmp_path, "--precision", "fp16"],
+                 ["bench", "--model", SHAPES, "--keep", "0.6", "--batch", "1", "--backend", "tensorrt"]):
+        result = run_cli(*args)
+        assert_one_line_error(result, 'pip install "prtk[gpu]"' if "TensorRT is not installed" in result.stderr
+                              else "no CUDA GPU")
+    assert not list(tmp_path.glob("*.engine"))
+
+
+@pytest.mark.skipif(not HAS_TENSORRT, reason=NO_TENSORRT)
+def test_tensorrt_engine_matches_torch(tmp_path):
+    from prtk.engines.runners import TensorRTRunner
+    from prtk.engines.tensorrt_build import EngineConfig, build_engine
+
+    clip = load_clip(SHAPES)
+    config = ExportConfig(keeps=(0.6,), check=False)
+    (record,) = export_models(clip, config, tmp_path, None)
+    engine = build_engine(record.path, EngineConfig("fp16", (1, 4, 8)))
+    sidecar = json.loads(engine.with_suffix(".json").read_text())
+    assert sidecar["tensorrt"]["precision"] == "fp16" and sidecar["pruning"]["keep"] == 0.6
+    images, _ = load_check_images(clip.preprocess, 64, None, 4)
+    got = TensorRTRunner(engine)(images)
+    want = TorchRunner(deployed_tower(clip, config, None, 0.6))(images)
+    cosine = (got["embedding"] * want["embedding"]).sum(1)
+    assert cosine.min() > 0.999
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_runner_on_cuda_in_fp16_matches_cpu():
+    clip = load_clip(SHAPES)
+    module = deployed_tower(clip, ExportConfig(keeps=(0.6,), kept_indices=False), None, 0.6)
+    images, _ = load_check_images(clip.preprocess, 64, None, 4)
+    cpu = TorchRunner(module)(images)["embedding"]
+    gpu = TorchRunner(module, "cuda", "fp16")(images)["embedding"]
+    assert (cpu * gpu).sum(1).min() > 0.999
