@@ -114,9 +114,10 @@ def build_engine(onnx_path: str | Path, config: EngineConfig, force: bool = Fals
 def _keep_sensitive_layers_fp32(trt, network) -> None:
     """LayerNorm, softmax and reductions compute in fp32 under fp16/bf16."""
     sensitive = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
+    floating = {trt.float32, trt.float16, trt.bfloat16}
     for index in range(network.num_layers):
         layer = network.get_layer(index)
-        if layer.type in sensitive:
+        if layer.type in sensitive and layer.get_output(0).dtype in floating:
             layer.precision = trt.float32
             for output in range(layer.num_outputs):
                 layer.set_output_type(output, trt.float32)
