@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from prtk.cli import cli
@@ -60,3 +61,21 @@ def run_cli():
         return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
     return run
+
+
+def seeded_pack(clip, path, keeps=(0.5, 0.6, 0.7), layer=3, tokens=4, seed=0):
+    """A real pack file holding a seeded, untrained predictor and seeded tokens (export and validation do not
+    care how well they were trained)."""
+    from prtk.pack import RankerPack, save_pack
+    from prtk.predictor import PredictorConfig, TokenRankPredictor
+
+    torch.manual_seed(seed)
+    config = PredictorConfig.for_spec(clip.spec)
+    predictor = TokenRankPredictor(clip.spec, config)
+    generator = torch.Generator().manual_seed(seed)
+    save_pack(path, RankerPack(
+        predictor=predictor.state_dict(),
+        tokens={keep: 0.02 * torch.randn(tokens, clip.spec.width, generator=generator) for keep in keeps},
+        meta={"model": clip.name, "weights_sha256": clip.weights_sha256, "layer": layer, "keep_ratios": list(keeps),
+              "num_tokens": tokens, "predictor": config.as_dict()}))
+    return path

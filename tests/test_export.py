@@ -12,31 +12,15 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, seeded_pack
 from prtk.export.checks import Tolerance, check_runtime, load_check_images
 from prtk.export.deployed import DeployedTower
 from prtk.export.exporter import ExportConfig, export_models
 from prtk.export.tensorrt_readiness import tensorrt_findings
 from prtk.models import load_clip
-from prtk.pack import RankerPack, load_pack, save_pack
-from prtk.predictor import PredictorConfig, TokenRankPredictor
+from prtk.pack import load_pack
 
 SHAPES = "prtk-testbed-shapes"
-
-
-def seeded_pack(clip, path, keeps=(0.5, 0.6, 0.7), layer=3, tokens=4, seed=0):
-    """A real pack file holding a seeded, untrained predictor and seeded tokens (export does not care how well
-    they were trained)."""
-    torch.manual_seed(seed)
-    config = PredictorConfig.for_spec(clip.spec)
-    predictor = TokenRankPredictor(clip.spec, config)
-    generator = torch.Generator().manual_seed(seed)
-    save_pack(path, RankerPack(
-        predictor=predictor.state_dict(),
-        tokens={keep: 0.02 * torch.randn(tokens, clip.spec.width, generator=generator) for keep in keeps},
-        meta={"model": clip.name, "weights_sha256": clip.weights_sha256, "layer": layer, "keep_ratios": list(keeps),
-              "num_tokens": tokens, "predictor": config.as_dict()}))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -43,8 +43,8 @@ class PrtkGroup(click.Group):
 def cli():
     """prtk: learn which CLIP patch tokens to drop and deploy static-shape pruned image towers.
 
-    Pipeline: rank -> train -> export --keep r -> build-engine -> validate. Available now: rank, train,
-    export, build-engine, bench, eval, models, make-shapes, train-testbed. Every command takes --help.
+    Pipeline: rank -> train -> export --keep r -> build-engine -> validate; quickstart runs it all on a
+    test bed. Every command takes --help.
     """
     reuse_freed_memory()
 
@@ -581,6 +581,105 @@ def _print_bench_table(model: str, config, rows: list[dict], to_stderr: bool) ->
     print_table(f"{model} on {config.device} ({config.precision})",
                 ["backend", "keep", "batch", "median ms", "p90 ms", "p99 ms", "images/s", "GFLOPs", "speedup", "bound"],
                 table, console=stderr if to_stderr else stdout)
+
+
+@cli.command("validate")
+@click.argument("artifact", metavar="ARTIFACT")
+@model_options
+@click.option("--data", "data_root", metavar="DIR", required=True, help="Labelled ImageFolder to validate on.")
+@click.option("--pack", metavar="FILE", default=None, help="The pack the artifact was exported from (if any).")
+@click.option("--limit", type=int, default=None, metavar="N", help="Validate on an evenly spaced subset of N images.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per run.")
+@click.option("--min-agreement", type=float, default=None,
+              help="Smallest prediction agreement with the pruned reference, %  [default: 99.9 fp32, 99.5 fp16]")
+@click.option("--min-cosine", type=float, default=None,
+              help="Smallest embedding cosine to the pruned reference  [default: 0.9999 fp32, 0.999 fp16]")
+@click.option("--max-accuracy-delta", type=float, default=None,
+              help="Largest |top-1 difference| to the pruned reference, points  [default: 0.1]")
+@click.option("--report", "report_prefix", metavar="PREFIX", default=None,
+              help="Write PREFIX.md and PREFIX.json  [default: the artifact's path + .validation]")
+@click.option("--force", is_flag=True, help="Overwrite existing reports.")
+@click.pass_context
+def validate_command(ctx, artifact, model_name, pretrained, checkpoint, model_config, random_weights, seed,
+                     data_root, pack, limit, batch_size, min_agreement, min_cosine, max_accuracy_delta,
+                     report_prefix, force):
+    """Prove an exported .onnx (or .engine) gives its PyTorch reference's answers; exit 0 pass, 1 fail.
+
+    The references are the unpruned tower and the tower pruned with the same pack, scorer and keep ratio,
+    loaded from the weights the sidecar names (or the model options given, which must match them).
+    """
+    from .artifacts import check_writable, write_bytes_atomic, write_json_atomic
+    from .console import progress_bar
+    from prtk.engines.validation import Artifact, Thresholds, markdown_report, validate
+
+    target = Artifact.read(artifact)
+    thresholds = Thresholds.for_precision(target.precision, min_agreement=min_agreement, min_cosine=min_cosine,
+                                          max_accuracy_delta=max_accuracy_delta)
+    prefix = report_prefix or f"{target.path}.validation"
+    markdown_path, json_path = (check_writable(f"{prefix}{suffix}", force) for suffix in (".md", ".json"))
+    if model_name is None and model_config is None:
+        from .models import load_clip
+
+        clip = load_clip(target.sidecar["model"], **target.load_options())
+    else:
+        clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
+    with progress_bar(f"validate {target.path.name}") as update:
+        report = validate(clip, target, data_root, thresholds, pack, limit, batch_size, progress=update)
+    text = markdown_report(report)
+    write_bytes_atomic(markdown_path, text.encode())
+    write_json_atomic(json_path, report)
+    click.echo(text)
+    click.echo(f"wrote {markdown_path} and {json_path}", err=True)
+    if not report["passed"]:
+        ctx.exit(1)
+
+
+@cli.command("quickstart")
+@click.option("--model", "model_name", default="prtk-testbed-shapes", show_default=True,
+              help="A built-in model with shipped weights (see `prtk models`).")
+@click.option("--data", "data_root", metavar="DIR", default=None,
+              help="Labelled ImageFolder to rank and evaluate on  [default: generated shapes images]")
+@click.option("--out", "out_dir", metavar="DIR", default="out/quickstart", show_default=True,
+              help="Folder for the ranking, pack, exports, reports, summary and plots.")
+@click.option("--keep", "keeps", default="0.5,0.6,0.7", show_default=True, metavar="R[,R...]", help="Keep ratios.")
+@click.option("--rank-images", type=int, default=256, show_default=True, help="Images ranked (the training set).")
+@click.option("--eval-images", type=int, default=500, show_default=True, help="Images validated and evaluated.")
+@click.option("--json", "json_path", metavar="FILE", default=None,
+              help="Also write the summary as JSON (- for stdout).")
+@click.option("--force", is_flag=True, help="Empty a non-empty --out folder and start over.")
+def quickstart_command(model_name, data_root, out_dir, keeps, rank_images, eval_images, json_path, force):
+    """The whole pipeline on a test bed, on a CPU, in minutes: rank -> train -> export -> engines (where
+    TensorRT is present) -> validate -> accuracy -> bench, then a summary table and PNG plots in --out."""
+    from .console import progress_bar, stderr
+    from .models import load_clip
+    from .quickstart import QuickstartConfig, run_quickstart
+
+    config = QuickstartConfig(keeps=parse_keeps(keeps), rank_images=rank_images, eval_images=eval_images)
+    if json_path not in (None, "-"):
+        from .artifacts import check_writable
+
+        check_writable(json_path, force)
+    clip = load_clip(model_name)
+    summary = run_quickstart(clip, out_dir, config, data_root, force, progress=progress_bar,
+                             say=lambda line: stderr.print(line, markup=False, highlight=False))
+    _print_quickstart_table(summary, to_stderr=json_path == "-")
+    click.echo(f"wrote {out_dir}/summary.md, summary.json, accuracy_vs_keep.png, speedup_vs_keep.png, "
+               f"kept_patches.png in {summary['seconds']:.0f} s", err=True)
+    if json_path is not None:
+        emit_json({key: value for key, value in summary.items() if key != "bench"}, json_path, force)
+
+
+def _print_quickstart_table(summary: dict, to_stderr: bool) -> None:
+    from .console import print_table, stderr, stdout
+
+    keeps = [f"{k:g}" for k in summary["config"]["keeps"]]
+    rows = [[name, *(f"{points[k]:.2f}" for k in keeps)] for name, points in summary["accuracy"].items()]
+    rows += [[f"{backend} speedup (batch {summary['speedup_batch']})", *(f"{points[k]:.2f}x" for k in keeps)]
+             for backend, points in summary["speedup"].items()]
+    rows.append(["cost-model bound", *(f"{summary['bound'][k]:.2f}x" for k in keeps)])
+    rows.append(["validate", *("pass" if summary["validation"][k]["passed"] else "FAIL" for k in keeps)])
+    print_table(f"{summary['model']} quickstart (unpruned top-1 {summary['unpruned_top1']:.2f}%)",
+                ["top-1 % / speed", *(f"keep {k}" for k in keeps)], rows, console=stderr if to_stderr else stdout)
 
 
 def parse_keeps(text: str) -> tuple[float, ...]:

@@ -1,0 +1,80 @@
+"""`prtk validate` against the PyTorch references, its refusals, and `prtk quickstart` end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from PIL import Image
+
+from conftest import assert_one_line_error, seeded_pack
+from prtk.export.exporter import ExportConfig, export_models
+from prtk.models import load_clip
+
+CIFAR = "prtk-testbed-cifar10"
+SHAPES = "prtk-testbed-shapes"
+
+
+def perturbed_copy(path, out):
+    """Copy an export with noise added to its largest weight (the sidecar still claims the original weights)."""
+    model = onnx.load(str(path))
+    largest = max(model.graph.initializer, key=lambda tensor: int(np.prod(tensor.dims)))
+    values = numpy_helper.to_array(largest)
+    noise = np.random.default_rng(0).standard_normal(values.shape).astype(values.dtype)
+    largest.CopyFrom(numpy_helper.from_array(values + 0.05 * values.std() * noise, largest.name))
+    onnx.save(model, str(out))
+    shutil.copy(path.with_suffix(".json"), out.with_suffix(".json"))
+    return out
+
+
+def test_validate_passes_the_cifar_exports_and_fails_a_perturbed_one(run_cli, cifar_test_dir, tmp_path):
+    clip = load_clip(CIFAR)
+    pack = seeded_pack(clip, tmp_path / "pack.prtk", tokens=8)
+    records = export_models(clip, ExportConfig(keeps=(0.5, 0.6, 0.7), pack=str(pack), check=False), tmp_path, None)
+    for record in records:
+        result = run_cli("validate", record.path, "--data", cifar_test_dir, "--pack", pack, "--limit", "300")
+        assert result.exit_code == 0, result.output
+        report = json.loads(record.path.with_name(record.path.name + ".validation.json").read_text())
+        assert report["passed"] and report["agreement"] == 100.0 and report["data"]["images"] == 300
+        assert report["cosine"]["min"] > 0.9999 and report["kept_overlap"]["identical"] == 100.0
+        assert len(report["per_class"]) == 10 and sum(c["images"] for c in report["per_class"].values()) == 300
+        assert "PASS" in record.path.with_name(record.path.name + ".validation.md").read_text()
+    broken = perturbed_copy(records[1].path, tmp_path / "broken.onnx")
+    result = run_cli("validate", broken, "--data", cifar_test_dir, "--pack", pack, "--limit", "300")
+    assert result.exit_code == 1, result.output
+    report = json.loads((tmp_path / "broken.onnx.validation.json").read_text())
+    assert not report["passed"] and not report["criteria"]["min_cosine"]["passed"]
+
+
+def test_validate_refuses_a_mismatched_pair(run_cli, shapes_dir, tmp_path):
+    clip = load_clip(SHAPES)
+    pack = seeded_pack(clip, tmp_path / "pack.prtk")
+    other = seeded_pack(clip, tmp_path / "other.prtk", seed=1)
+    (record,) = export_models(clip, ExportConfig(keeps=(0.6,), pack=str(pack), check=False), tmp_path / "x", None)
+    validate = ["validate", record.path, "--data", shapes_dir]
+    assert_one_line_error(run_cli(*validate, "--pack", pack, "--model", CIFAR), "was exported from prtk-testbed-shapes")
+    assert_one_line_error(run_cli(*validate, "--pack", pack, "--model", SHAPES, "--random-weights"),
+                          "was exported from prtk-testbed-shapes with weights")
+    assert_one_line_error(run_cli(*validate), "pass it with --pack FILE")
+    assert_one_line_error(run_cli(*validate, "--pack", other), "is not the pack")
+    record.path.with_suffix(".json").unlink()
+    assert_one_line_error(run_cli(*validate, "--pack", pack), "has no readable sidecar")
+    assert_one_line_error(run_cli("validate", tmp_path / "none.onnx", "--data", shapes_dir), "artifact not found")
+
+
+def test_quickstart_writes_the_report_and_readable_plots(run_cli, tmp_path):
+    out = tmp_path / "quickstart"
+    result = run_cli("quickstart", "--out", out, "--rank-images", "24", "--eval-images", "20", "--json", "-")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert set(summary["accuracy"]) == {"random", "cls-attention", "predictor", "predictor + 8 tokens"}
+    assert all(v["passed"] for v in summary["validation"].values()) and len(summary["validation"]) == 4
+    assert "engines: skipped" in result.stderr or summary["engines"]
+    for name in ("accuracy_vs_keep.png", "speedup_vs_keep.png", "kept_patches.png"):
+        with Image.open(out / name) as image:
+            assert image.width >= 600 and image.height >= 400
+    assert "![kept patches](kept_patches.png)" in (out / "summary.md").read_text()
+    assert_one_line_error(run_cli("quickstart", "--out", out), "is not empty")
