@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import assert_one_line_error
+from prtk.artifacts import output_lock
 from prtk.clip_training import Normalizer
 from prtk.image_tensors import generate_shapes
 from prtk.models import load_clip
@@ -114,6 +115,19 @@ def test_shards_merge_into_the_single_run_file(run_cli, shapes64, tmp_path):
     assert run_cli("rank", "merge", merged, *parts).exit_code == 0
     assert merged.read_bytes() == whole.read_bytes()
     assert_one_line_error(run_cli("rank", "merge", tmp_path / "m2.prtk", *parts[:2]), "images are in no shard")
+
+
+def test_a_second_run_on_the_same_output_is_refused(run_cli, shapes64, tmp_path):
+    """Two --shard runs given one --out would share a partial folder and overwrite each other's file."""
+    out, pack = tmp_path / "shared.prtk", tmp_path / "pack.prtk"
+    with output_lock(out):
+        assert_one_line_error(run_cli(*rank_args(shapes64, out, "--shard", "1/2")), "another process is writing",
+                              str(out))
+    assert run_cli(*rank_args(shapes64, out)).exit_code == 0
+    assert not (tmp_path / ".shared.prtk.lock").exists()
+    with output_lock(pack):
+        assert_one_line_error(run_cli("train", "--model", "prtk-testbed-shapes", "--ranking", out, "--data", shapes64,
+                                      "--out", pack, "--tokens", "0"), "another process is writing", str(pack))
 
 
 def test_torchrun_two_processes_write_the_single_run_file(run_cli, shapes64, tmp_path):

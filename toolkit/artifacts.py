@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import PrtkInputError
@@ -51,6 +52,27 @@ def write_torch_atomic(path: str | Path, state: dict) -> None:
 
 def write_json_atomic(path: str | Path, document: dict) -> None:
     write_bytes_atomic(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+
+
+@contextmanager
+def output_lock(out: str | Path):
+    """Hold an exclusive lock on ``.<out>.lock`` beside ``out`` while a run writes it; a second process
+    writing the same output (e.g. two ``--shard`` runs given one ``--out``) is refused in one line."""
+    import fcntl
+
+    out = Path(out)
+    lock = out.with_name(f".{out.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PrtkInputError(f"another process is writing {out}: wait for it to finish, "
+                                 "or give this run its own output") from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 def prepare_run_folder(folder: Path, run_key: dict, discard: bool) -> None:

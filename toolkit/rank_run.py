@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,7 +19,7 @@ from typing import Callable
 import torch
 
 from . import __version__
-from .artifacts import check_writable, prepare_run_folder, write_bytes_atomic
+from .artifacts import check_writable, output_lock, prepare_run_folder, write_bytes_atomic
 from .data import ImageFolderDataset, class_display_name
 from .errors import PrtkInputError
 from .models import LoadedClip
@@ -101,42 +102,43 @@ def rank_folder(clip: LoadedClip, data_root: str | Path, out: str | Path, config
     out = Path(out)
     if gather is None or shard.index == 0:
         check_writable(out, force)
-    clip.model.to(device)
-    tower = PrunedVisionTower(clip.visual, 1.0, config.layer)
-    dataset = ImageFolderDataset(data_root, clip.preprocess, clip.spec.image_size, limit)
-    meta = ranking_metadata(clip, dataset, tower, config, chunk)
-    partial = out.with_name(f".{out.name}.partial")
-    prepare_run_folder(partial, {k: v for k, v in meta.items() if k != "prtk_version"}, force and gather is None)
-    score = CandidateScore.for_classes(config.score, clip, [class_display_name(c) for c in dataset.classes])
-    ranker = GoldenRanker(tower, score, config)
-    chunks = [c for c in range(-(-len(dataset) // chunk)) if c % shard.count == shard.index]
-    mine_total = sum(min(len(dataset), (c + 1) * chunk) - c * chunk for c in chunks)
-    results, completed = {}, 0
-    if progress is not None:
-        progress(0, mine_total)
-    for c in chunks:
-        start, stop = c * chunk, min(len(dataset), (c + 1) * chunk)
-        path = _chunk_path(partial, c)
-        if path.exists():
-            results[c] = _read_chunk(path)
-        else:
-            images, labels = _load_images(dataset, start, stop)
-            ranked = ranker.rank(images.to(device), labels.to(device))
-            results[c] = {"order": ranked.order.int().cpu(), "scores": ranked.scores.float().cpu(),
-                          "rounds": ranked.rounds.int().cpu()}
-            _write_chunk(path, results[c])
-        completed += stop - start
+    with output_lock(out) if gather is None else nullcontext():
+        clip.model.to(device)
+        tower = PrunedVisionTower(clip.visual, 1.0, config.layer)
+        dataset = ImageFolderDataset(data_root, clip.preprocess, clip.spec.image_size, limit)
+        meta = ranking_metadata(clip, dataset, tower, config, chunk)
+        partial = out.with_name(f".{out.name}.partial")
+        prepare_run_folder(partial, {k: v for k, v in meta.items() if k != "prtk_version"}, force and gather is None)
+        score = CandidateScore.for_classes(config.score, clip, [class_display_name(c) for c in dataset.classes])
+        ranker = GoldenRanker(tower, score, config)
+        chunks = [c for c in range(-(-len(dataset) // chunk)) if c % shard.count == shard.index]
+        mine_total = sum(min(len(dataset), (c + 1) * chunk) - c * chunk for c in chunks)
+        results, completed = {}, 0
         if progress is not None:
-            progress(completed, mine_total)
-    if gather is not None:
-        results = gather(results)
-        if results is None:
-            return None
-        shard = Shard()
-    ranking = _assemble(results, meta, shard, len(dataset), chunk)
-    save_ranking(out, ranking)
-    shutil.rmtree(partial)
-    return ranking
+            progress(0, mine_total)
+        for c in chunks:
+            start, stop = c * chunk, min(len(dataset), (c + 1) * chunk)
+            path = _chunk_path(partial, c)
+            if path.exists():
+                results[c] = _read_chunk(path)
+            else:
+                images, labels = _load_images(dataset, start, stop)
+                ranked = ranker.rank(images.to(device), labels.to(device))
+                results[c] = {"order": ranked.order.int().cpu(), "scores": ranked.scores.float().cpu(),
+                              "rounds": ranked.rounds.int().cpu()}
+                _write_chunk(path, results[c])
+            completed += stop - start
+            if progress is not None:
+                progress(completed, mine_total)
+        if gather is not None:
+            results = gather(results)
+            if results is None:
+                return None
+            shard = Shard()
+        ranking = _assemble(results, meta, shard, len(dataset), chunk)
+        save_ranking(out, ranking)
+        shutil.rmtree(partial)
+        return ranking
 
 
 def _write_chunk(path: Path, tensors: dict) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import __version__
-from .artifacts import check_writable, prepare_run_folder
+from .artifacts import check_writable, output_lock, prepare_run_folder
 from .clip_training import Normalizer
 from .data import class_display_name
 from .errors import PrtkInputError
@@ -222,65 +223,66 @@ def train_pack(clip: LoadedClip, ranking_path: str | Path, data_root: str | Path
     out = Path(out)
     if rank == 0:
         check_writable(out, force)
-    device = resolve_device(config.device)
-    ranking = load_ranking(ranking_path)
-    clip.model.to(device).eval().requires_grad_(False)
-    tower = PrunedVisionTower(clip.visual, 1.0, ranking.meta["layer"])
-    data = ranked_images(clip, ranking, data_root, tower, device)
-    train_rows, val_rows = holdout_split(len(data.labels), config.val_fraction, config.seed)
-    train, val = data.subset(train_rows), data.subset(val_rows)
-    predictor_config = PredictorConfig.for_spec(clip.spec)
-    partial = out.with_name(f".{out.name}.partial")
-    run_key = {"model": clip.name, "weights_sha256": clip.weights_sha256, "ranking": ranking.identity(),
-               "config": asdict(config), "predictor": predictor_config.as_dict()}
-    prepare_run_folder(partial, run_key, force and rank == 0)
+    with output_lock(out) if world[1] == 1 else nullcontext():
+        device = resolve_device(config.device)
+        ranking = load_ranking(ranking_path)
+        clip.model.to(device).eval().requires_grad_(False)
+        tower = PrunedVisionTower(clip.visual, 1.0, ranking.meta["layer"])
+        data = ranked_images(clip, ranking, data_root, tower, device)
+        train_rows, val_rows = holdout_split(len(data.labels), config.val_fraction, config.seed)
+        train, val = data.subset(train_rows), data.subset(val_rows)
+        predictor_config = PredictorConfig.for_spec(clip.spec)
+        partial = out.with_name(f".{out.name}.partial")
+        run_key = {"model": clip.name, "weights_sha256": clip.weights_sha256, "ranking": ranking.identity(),
+                   "config": asdict(config), "predictor": predictor_config.as_dict()}
+        prepare_run_folder(partial, run_key, force and rank == 0)
 
-    predictor_steps = config.predictor_epochs * -(-len(train_rows) // config.batch_size)
-    token_steps = len(config.keeps) * config.token_epochs * -(-len(train_rows) // config.batch_size)
-    total, done = predictor_steps + (token_steps if config.num_tokens else 0), 0
+        predictor_steps = config.predictor_epochs * -(-len(train_rows) // config.batch_size)
+        token_steps = len(config.keeps) * config.token_epochs * -(-len(train_rows) // config.batch_size)
+        total, done = predictor_steps + (token_steps if config.num_tokens else 0), 0
 
-    def tick() -> None:
-        nonlocal done
-        done += 1
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
         if progress is not None:
-            progress(done, total)
+            progress(0, total)
+        fitted, predictor = train_predictor(clip, predictor_config, train, val, config, partial / "predictor.pt", tick,
+                                            world)
+        metrics = {"predictor": fitted.best_metrics, "predictor_history": fitted.history, "tokens": {}}
 
-    if progress is not None:
-        progress(0, total)
-    fitted, predictor = train_predictor(clip, predictor_config, train, val, config, partial / "predictor.pt", tick,
-                                        world)
-    metrics = {"predictor": fitted.best_metrics, "predictor_history": fitted.history, "tokens": {}}
+        class_names = [class_display_name(c) for c in ranking.meta["classes"]]
+        classifier = class_embeddings(clip.model, clip.tokenizer, class_names).clone()  # a normal tensor, for autograd
+        logit_scale = clip.model.logit_scale.exp().item()
+        tokens = {}
+        with torch.no_grad():
+            unpruned_head = TokenHead(PrunedVisionTower(clip.visual, 1.0, tower.layer), classifier, logit_scale)
+            metrics["unpruned_val_top1"] = _top1(unpruned_head, val.tokens, val.labels)
+        for index, keep in enumerate(config.keeps):
+            tokens_for_keep, metrics["tokens"][f"{keep:g}"] = train_tokens(
+                TokenStage(clip, predictor, tower.layer, keep, classifier, logit_scale), train, val, config,
+                partial / f"{keep_key(keep)}.pt", config.seed * 1_000 + index, tick, world)
+            if tokens_for_keep is not None:
+                tokens[keep] = tokens_for_keep
 
-    class_names = [class_display_name(c) for c in ranking.meta["classes"]]
-    classifier = class_embeddings(clip.model, clip.tokenizer, class_names).clone()  # a normal tensor, for autograd
-    logit_scale = clip.model.logit_scale.exp().item()
-    tokens = {}
-    with torch.no_grad():
-        unpruned_head = TokenHead(PrunedVisionTower(clip.visual, 1.0, tower.layer), classifier, logit_scale)
-        metrics["unpruned_val_top1"] = _top1(unpruned_head, val.tokens, val.labels)
-    for index, keep in enumerate(config.keeps):
-        tokens_for_keep, metrics["tokens"][f"{keep:g}"] = train_tokens(
-            TokenStage(clip, predictor, tower.layer, keep, classifier, logit_scale), train, val, config,
-            partial / f"{keep_key(keep)}.pt", config.seed * 1_000 + index, tick, world)
-        if tokens_for_keep is not None:
-            tokens[keep] = tokens_for_keep
-
-    pack = RankerPack(
-        predictor={name: value.cpu() for name, value in predictor.state_dict().items()},
-        tokens=tokens,
-        meta={
-            "prtk_version": __version__, "model": clip.name, "weights_sha256": clip.weights_sha256,
-            "layer": tower.layer, "num_patches": clip.spec.num_patches, "width": clip.spec.width,
-            "keep_ratios": list(config.keeps), "num_tokens": config.num_tokens,
-            "predictor": predictor_config.as_dict(),
-            "predictor_cost": predictor_cost(predictor, clip.visual, clip.spec),
-            "ranking": {key: ranking.meta[key] for key in ("score", "step", "min_keep", "data_root")},
-            "training_data": {"root": str(data_root), "images": len(data.labels), "held_out": len(val_rows),
-                              "sha256": training_data_sha256(ranking)},
-            "config": asdict(config),
-            "metrics": metrics,
-        })
-    if rank == 0:
-        save_pack(out, pack)
-        shutil.rmtree(partial)
-    return pack
+        pack = RankerPack(
+            predictor={name: value.cpu() for name, value in predictor.state_dict().items()},
+            tokens=tokens,
+            meta={
+                "prtk_version": __version__, "model": clip.name, "weights_sha256": clip.weights_sha256,
+                "layer": tower.layer, "num_patches": clip.spec.num_patches, "width": clip.spec.width,
+                "keep_ratios": list(config.keeps), "num_tokens": config.num_tokens,
+                "predictor": predictor_config.as_dict(),
+                "predictor_cost": predictor_cost(predictor, clip.visual, clip.spec),
+                "ranking": {key: ranking.meta[key] for key in ("score", "step", "min_keep", "data_root")},
+                "training_data": {"root": str(data_root), "images": len(data.labels), "held_out": len(val_rows),
+                                  "sha256": training_data_sha256(ranking)},
+                "config": asdict(config),
+                "metrics": metrics,
+            })
+        if rank == 0:
+            save_pack(out, pack)
+            shutil.rmtree(partial)
+        return pack
