@@ -21,6 +21,7 @@ import torch
 from prtk.errors import PrtkInputError
 from prtk.flops import block_cost_ratio
 from prtk.models import LoadedClip
+from prtk.pruning import default_layer
 
 from .runners import OnnxRuntimeRunner, Runner, TensorRTRunner, TorchRunner
 
@@ -159,7 +160,7 @@ def _runner(backend: str, clip, export, pack, keep, exported: dict, config: Benc
 
 def _add_speedups(rows: list[dict], clip: LoadedClip, targets, pack, export) -> None:
     full = {(row["backend"], row["batch"]): row["median_ms"] for row in rows if row["keep"] is None}
-    layer = pack.layer if pack is not None else (export.layer or max(1, clip.spec.layers // 4))
+    layer = pack.layer if pack is not None else (export.layer or default_layer(clip.spec))
     tokens = pack.num_tokens if pack is not None and export.tokens else 0
     for row in rows:
         row["speedup"] = full[(row["backend"], row["batch"])] / row["median_ms"]

@@ -20,6 +20,12 @@ from prtk.errors import PrtkInputError
 GPU_HINT = 'pip install "prtk[gpu]" on a machine with an NVIDIA GPU'
 
 
+def onnxruntime_optimization(precision: str) -> str:
+    """The ONNX Runtime optimisation level for a graph of ``precision``: ``all``, but ``extended`` below fp32
+    (ONNX Runtime 1.32's CPU layout optimisations crash on fp16 graphs)."""
+    return "all" if precision == "fp32" else "extended"
+
+
 class Runner:
     """Base class. ``name`` says which backend, ``device`` where it runs, ``output_names`` what it returns."""
 

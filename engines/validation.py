@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from prtk import __version__
+from prtk.artifacts import file_sha256
 from prtk.errors import PrtkInputError
 from prtk.models import LoadedClip
 
-from .runners import OnnxRuntimeRunner, Runner, TensorRTRunner
+from .runners import OnnxRuntimeRunner, Runner, TensorRTRunner, onnxruntime_optimization
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class Artifact:
     def runner(self) -> Runner:
         if self.path.suffix == ".engine":
             return TensorRTRunner(self.path)
-        return OnnxRuntimeRunner(self.path, optimization="all" if self.precision == "fp32" else "extended")
+        return OnnxRuntimeRunner(self.path, optimization=onnxruntime_optimization(self.precision))
 
     def load_options(self) -> dict:
         """``load_clip`` keyword arguments for the weights the artifact was exported from."""
@@ -99,8 +100,6 @@ class Artifact:
         if pack is None and pack_path is not None:
             raise PrtkInputError(f"{self.path.name} was exported without a pack; drop --pack")
         if pack is not None:
-            from prtk.rank_run import file_sha256
-
             if pack_path is None:
                 raise PrtkInputError(f"{self.path.name} was exported from a pack: pass it with --pack FILE")
             if not Path(pack_path).is_file():
@@ -115,6 +114,7 @@ def validate(clip: LoadedClip, artifact: Artifact, data_root: str | Path, thresh
              progress: Callable[[int, int], None] | None = None) -> dict:
     """Run the artifact and its references over ``data_root``; returns the report (``report["passed"]``)."""
     from prtk.data import ImageFolderDataset, class_display_name, make_loader
+    from prtk.export.checks import kept_index_overlap
     from prtk.export.exporter import deployed_tower, load_export_pack
     from prtk.zeroshot import class_embeddings, zero_shot_logits
 
@@ -144,9 +144,7 @@ def validate(clip: LoadedClip, artifact: Artifact, data_root: str | Path, thresh
         columns["cosine"] += F.cosine_similarity(embedding, expected["embedding"].float(), dim=1).tolist()
         columns["max_abs"] += (embedding - expected["embedding"]).abs().amax(1).tolist()
         if "kept_indices" in got and "kept_indices" in expected:
-            want = expected["kept_indices"].numpy()
-            columns["kept_overlap"] += [len(np.intersect1d(a, b)) / want.shape[1]
-                                        for a, b in zip(got["kept_indices"], want, strict=True)]
+            columns["kept_overlap"] += kept_index_overlap(got["kept_indices"], expected["kept_indices"].numpy())
         done += len(labels)
         if progress is not None:
             progress(done, len(dataset))

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import torch
 
-from .deployed import INPUT_NAME, DeployedTower
+from .deployed import DeployedTower
 from .tensorrt_readiness import tensorrt_findings
 
 
@@ -20,11 +20,11 @@ class Tolerance:
 
     embedding_atol: float
     kept_agreement: float
-    half_precision: bool = False
+    precision: str = "fp32"  # the graph's; picks the ONNX Runtime optimisation level
 
     @classmethod
     def for_precision(cls, precision: str) -> Tolerance:
-        return cls(1e-4, 1.0) if precision == "fp32" else cls(1e-2, 0.95, half_precision=True)
+        return cls(1e-4, 1.0) if precision == "fp32" else cls(1e-2, 0.95, precision)
 
 
 @dataclass(frozen=True)
@@ -58,22 +58,18 @@ def check_tensorrt_readiness(model: onnx.ModelProto) -> CheckResult:
 def check_runtime(path: Path, reference: DeployedTower, images: torch.Tensor, tolerance: Tolerance) -> CheckResult:
     """Run the ONNX file in ONNX Runtime (CPU) on ``images`` [n,3,H,W] and on the first image alone (batch 1),
     and compare every output with the PyTorch module's."""
-    import onnxruntime
+    from prtk.engines.runners import OnnxRuntimeRunner, onnxruntime_optimization
 
-    options = onnxruntime.SessionOptions()
-    if tolerance.half_precision:  # ONNX Runtime 1.32's CPU layout optimisations crash on fp16 graphs
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    runner = OnnxRuntimeRunner(path, optimization=onnxruntime_optimization(tolerance.precision))
     with torch.inference_mode():
         expected = [output.numpy() for output in reference(images)]
-    batches = [session.run(reference.output_names, {INPUT_NAME: images.numpy()}),
-               [output[:1] for output in session.run(reference.output_names, {INPUT_NAME: images[:1].numpy()})]]
     worst_diff, agreement = 0.0, 1.0
-    for actual in batches:
-        for name, got, want in zip(reference.output_names, actual, expected, strict=True):
+    for actual in (runner(images), runner(images[:1])):
+        for name, want in zip(reference.output_names, expected, strict=True):
+            got = actual[name]
             want = want[:len(got)]
             if name == "kept_indices":
-                agreement = min(agreement, _index_agreement(got, want))
+                agreement = min(agreement, float(np.mean(kept_index_overlap(got, want))))
             else:
                 scale = reference.logit_scale if name == "logits" else 1.0
                 worst_diff = max(worst_diff, float(np.abs(got.astype(np.float64) - want).max()) / scale)
@@ -107,7 +103,6 @@ def load_check_images(preprocess, image_size: int, data_root: str | Path | None,
     return torch.stack([pixels for pixels, *_ in items]), f"{len(items)} images from {data_root}"
 
 
-def _index_agreement(got: np.ndarray, want: np.ndarray) -> float:
-    """Mean share of each image's kept indices found in both [n, k] arrays."""
-    shared = [len(np.intersect1d(a, b)) / want.shape[1] for a, b in zip(got, want, strict=True)]
-    return float(np.mean(shared))
+def kept_index_overlap(got: np.ndarray, want: np.ndarray) -> list[float]:
+    """Per image, the share of the expected kept indices ``want`` [n, k] also in ``got`` [n, k]."""
+    return [len(np.intersect1d(a, b)) / want.shape[1] for a, b in zip(got, want, strict=True)]

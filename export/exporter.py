@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from prtk import __version__
-from prtk.artifacts import check_writable, write_json_atomic
+from prtk.artifacts import check_writable, file_sha256, write_json_atomic
 from prtk.errors import PrtkInputError
 from prtk.flops import block_cost_ratio, gflops, vision_macs
 from prtk.models import LoadedClip
@@ -209,7 +209,7 @@ def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack
             "layer": layer, "keep": keep, "keep_count": tower.keep_count, "num_learnable_tokens": tokens,
             "block_cost_ratio": block_cost_ratio(spec, keep, layer, tokens),
         },
-        "pack": None if pack is None else {"sha256": _file_sha256(config.pack), "ranking": pack.meta.get("ranking"),
+        "pack": None if pack is None else {"sha256": file_sha256(config.pack), "ranking": pack.meta.get("ranking"),
                                            "training_data": pack.meta.get("training_data")},
         "gflops": gflops(macs),
         "precision": config.precision,
@@ -235,10 +235,3 @@ def read_class_names(path: str | Path) -> tuple[str, ...]:
     if len(names) < 2:
         raise PrtkInputError(f"classes file {path} needs at least 2 class names (one per line), found {len(names)}")
     return names
-
-
-def _file_sha256(path: str) -> str:
-    from prtk.rank_run import file_sha256
-
-    return file_sha256(Path(path))
-

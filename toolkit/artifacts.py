@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,11 @@ def check_writable(path: str | Path, force: bool) -> Path:
     if path.is_dir():
         raise PrtkInputError(f"output is a directory: {path}")
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, hex."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def write_bytes_atomic(path: str | Path, payload: bytes) -> None:

@@ -79,6 +79,14 @@ def load_model_from_options(model_name, pretrained, checkpoint, model_config, ra
                      random_weights=random_weights, seed=seed)
 
 
+def check_json_destination(destination: str | None, force: bool) -> None:
+    """Refuse an existing ``--json`` file before any work starts (``-``, stdout, and None need no check)."""
+    from .artifacts import check_writable
+
+    if destination not in (None, "-"):
+        check_writable(destination, force)
+
+
 def emit_json(document: dict, destination: str, force: bool) -> None:
     """Write ``document`` to ``destination`` (``-`` = stdout), atomically, never over a file without force."""
     from .artifacts import check_writable, write_json_atomic
@@ -133,14 +141,12 @@ def eval_command(model_name, pretrained, checkpoint, model_config, random_weight
                  scorer, ranking, pack, no_tokens, fuse_dropped, batch_size, workers, limit, skip_bad, device,
                  json_path, force):
     """Zero-shot top-1/top-5, images/s and GFLOPs of the unpruned and the pruned image tower."""
-    from .artifacts import check_writable
     from .console import progress_bar
     from .evaluation import EvalConfig, evaluate
     from .pruning import check_keep
 
     check_keep(keep)
-    if json_path not in (None, "-"):
-        check_writable(json_path, force)
+    check_json_destination(json_path, force)
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
     config = EvalConfig(keep=keep, layer=layer, scorer=scorer, ranking=ranking, pack=pack, tokens=not no_tokens,
                         seed=seed, fuse_dropped=fuse_dropped, batch_size=batch_size, workers=workers, limit=limit,
@@ -227,13 +233,11 @@ def make_shapes_command(out, count, seed, size, force):
 def train_testbed_command(name, out_dir, train_data, test_data, train_count, test_count, epochs, batch_size, lr, seed,
                           bf16, device, work_dir, force, json_path):
     """Train a test-bed CLIP (both towers, contrastive on class captions) and write its weights and card."""
-    from .artifacts import check_writable
     from .clip_training import ClipTrainConfig
     from .console import progress_bar, stderr
     from .testbeds import build_testbed, recipe
 
-    if json_path not in (None, "-"):
-        check_writable(json_path, force)
+    check_json_destination(json_path, force)
     plan = recipe(name)
     config = ClipTrainConfig(epochs=plan.epochs if epochs is None else epochs, lr=lr, seed=seed, bf16=bf16,
                              batch_size=plan.batch_size if batch_size is None else batch_size)
@@ -293,7 +297,6 @@ def rank_command(ctx, model_name, pretrained, checkpoint, model_config, random_w
         return
     import time
 
-    from .artifacts import check_writable
     from .console import progress_bar
     from .distributed import work_partition
     from .evaluation import resolve_device
@@ -305,8 +308,7 @@ def rank_command(ctx, model_name, pretrained, checkpoint, model_config, random_w
             raise PrtkInputError(f"missing option {option}")
     config = RankingConfig(layer=layer, score=score, step=step, min_keep=min_keep, max_batch=max_batch)
     config.check()
-    if json_path not in (None, "-"):
-        check_writable(json_path, force)
+    check_json_destination(json_path, force)
     part, gather = work_partition(shard)
     resolve_device(device)
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
@@ -375,7 +377,6 @@ def train_command(model_name, pretrained, checkpoint, model_config, random_weigh
     A killed run restarted with the same command continues at the epoch where it stopped. Under
     `torchrun --nproc-per-node N` it trains with DistributedDataParallel and rank 0 writes the pack.
     """
-    from .artifacts import check_writable
     from .console import progress_bar
     from .distributed import torchrun_world
     from .ranker_training import TrainConfig, train_pack
@@ -385,8 +386,7 @@ def train_command(model_name, pretrained, checkpoint, model_config, random_weigh
                          predictor_lr=predictor_lr, token_lr=token_lr, val_fraction=val_fraction, seed=seed,
                          device=device)
     config.check()
-    if json_path not in (None, "-"):
-        check_writable(json_path, force)
+    check_json_destination(json_path, force)
     distributed = torchrun_world()
     world = (distributed[0].index, distributed[0].count) if distributed else (0, 1)
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
@@ -440,7 +440,6 @@ def export_command(ctx, model_name, pretrained, checkpoint, model_config, random
     any failure exits 1): onnx.checker full check, ONNX Runtime against PyTorch (max abs diff <= 1e-4
     in fp32, identical kept indices) and TensorRT readiness. The same inputs give byte-identical files.
     """
-    from .artifacts import check_writable
     from .console import progress_bar
     from prtk.export.checks import load_check_images
     from prtk.export.exporter import ExportConfig, export_models, read_class_names
@@ -450,8 +449,7 @@ def export_command(ctx, model_name, pretrained, checkpoint, model_config, random
                           classes=read_class_names(classes_path) if classes_path else (), fp16=fp16, opset=opset,
                           seed=seed, check=not no_check)
     config.check_values()
-    if json_path not in (None, "-"):
-        check_writable(json_path, force)
+    check_json_destination(json_path, force)
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
     images, source = (None, "") if no_check else load_check_images(clip.preprocess, clip.spec.image_size,
                                                                     check_data, check_images)
@@ -544,7 +542,6 @@ def bench_command(model_name, pretrained, checkpoint, model_config, random_weigh
     The unpruned tower is measured on every backend and batch too; the speedup is beside the cost-model
     bound. Backends are timed through one runner interface: CUDA events on a GPU, wall time on CPU.
     """
-    from .artifacts import check_writable
     from .console import progress_bar
     from .evaluation import resolve_device
     from prtk.engines.benchmark import BenchConfig, Timing, run_bench
@@ -555,8 +552,7 @@ def bench_command(model_name, pretrained, checkpoint, model_config, random_weigh
                          timing=Timing(warmup, iterations, seconds))
     config.check()
     resolve_device(device)
-    if json_path not in (None, "-"):
-        check_writable(json_path, force)
+    check_json_destination(json_path, force)
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
     with progress_bar(f"bench {clip.name}", unit="case") as update:
         rows = run_bench(clip, config, progress=update)
@@ -655,10 +651,7 @@ def quickstart_command(model_name, data_root, out_dir, keeps, rank_images, eval_
     from .quickstart import QuickstartConfig, run_quickstart
 
     config = QuickstartConfig(keeps=parse_keeps(keeps), rank_images=rank_images, eval_images=eval_images)
-    if json_path not in (None, "-"):
-        from .artifacts import check_writable
-
-        check_writable(json_path, force)
+    check_json_destination(json_path, force)
     clip = load_clip(model_name)
     summary = run_quickstart(clip, out_dir, config, data_root, force, progress=progress_bar,
                              say=lambda line: stderr.print(line, markup=False, highlight=False))

@@ -52,7 +52,7 @@ class _Tally:
 
 def _golden_rankings(clip: LoadedClip, dataset: ImageFolderDataset, config: EvalConfig) -> tuple[int, torch.Tensor]:
     """The ranking file's layer and its rankings [len(dataset), N] in dataset order, checked against both."""
-    from .rank_run import file_sha256
+    from .artifacts import file_sha256
     from .ranking_file import load_ranking, rankings_for
 
     if config.ranking is None:

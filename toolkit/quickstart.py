@@ -19,6 +19,7 @@ from . import __version__
 from .artifacts import write_bytes_atomic, write_json_atomic
 from .errors import PrtkInputError
 from .models import LoadedClip
+from .pack import RankerPack
 from .synthetic import HELD_OUT_SEED
 
 RANKING_SEED = 2  # generated shapes images for ranking: neither the test bed's training split nor the held-out one
@@ -52,6 +53,8 @@ def run_quickstart(clip: LoadedClip, out_dir: str | Path, config: QuickstartConf
     """Run every stage into ``out_dir`` and return the summary. ``data_root`` (an ImageFolder) is used for
     ranking and evaluation alike; without it shapes images are generated (built-in shapes test bed only).
     ``progress(description, unit)`` gives a context manager yielding ``update(done, total)``."""
+    from prtk.export.checks import load_check_images
+
     config.check()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -61,14 +64,15 @@ def run_quickstart(clip: LoadedClip, out_dir: str | Path, config: QuickstartConf
     out.mkdir(parents=True)
     started = time.perf_counter()
     rank_dir, eval_dir = _data(clip, out, config, data_root, say)
-    pack_path = _rank_and_train(clip, out, config, rank_dir, say, progress)
-    records = _export(clip, out, config, pack_path, eval_dir, say, progress)
+    pack_path, pack = _rank_and_train(clip, out, config, rank_dir, say, progress)
+    sample, _ = load_check_images(clip.preprocess, clip.spec.image_size, eval_dir, 8)  # [8,3,H,W]
+    records = _export(clip, out, config, pack_path, sample, say, progress)
     engines = _engines(records, say)
     validations = _validate(clip, records, pack_path, eval_dir, config, say, progress)
-    accuracy, unpruned = _accuracy(clip, pack_path, eval_dir, config, say, progress)
+    accuracy, unpruned = _accuracy(clip, pack_path, pack, eval_dir, config, say, progress)
     rows = _bench(clip, pack_path, config, say, progress)
-    summary = _summary(clip, config, records, validations, accuracy, unpruned, rows, engines, pack_path)
-    _plots(clip, out, config, summary, pack_path, eval_dir)
+    summary = _summary(clip, config, records, validations, accuracy, unpruned, rows, engines, pack_path, pack)
+    _plots(clip, out, config, summary, pack, sample)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     write_json_atomic(out / "summary.json", summary)
     write_bytes_atomic(out / "summary.md", summary_markdown(summary).encode())
@@ -89,7 +93,8 @@ def _data(clip: LoadedClip, out: Path, config: QuickstartConfig, data_root, say:
     return rank_dir, eval_dir
 
 
-def _rank_and_train(clip, out: Path, config: QuickstartConfig, rank_dir: Path, say: Say, progress) -> Path:
+def _rank_and_train(clip, out: Path, config: QuickstartConfig, rank_dir: Path, say: Say,
+                    progress) -> tuple[Path, RankerPack]:
     from .rank_run import rank_folder
     from .ranker_training import TrainConfig, train_pack
     from .ranking import RankingConfig
@@ -106,14 +111,12 @@ def _rank_and_train(clip, out: Path, config: QuickstartConfig, rank_dir: Path, s
         trained = train_pack(clip, ranking, rank_dir, pack, train, progress=update)
     overlap = trained.meta["metrics"]["predictor"]["top_k_overlap"]
     say("train: held-out top-k overlap " + ", ".join(f"{k} {v:.3f}" for k, v in overlap.items()))
-    return pack
+    return pack, trained
 
 
-def _export(clip, out: Path, config: QuickstartConfig, pack: Path, eval_dir: Path, say: Say, progress):
-    from prtk.export.checks import load_check_images
+def _export(clip, out: Path, config: QuickstartConfig, pack: Path, images: torch.Tensor, say: Say, progress):
     from prtk.export.exporter import ExportConfig, export_models
 
-    images, _ = load_check_images(clip.preprocess, clip.spec.image_size, eval_dir, 8)
     with progress("3/6 export", "graph") as update:
         records = export_models(clip, ExportConfig(keeps=config.keeps, pack=str(pack), full=True), out / "onnx",
                                 images, progress=update)
@@ -155,11 +158,10 @@ def _validate(clip, records, pack: Path, eval_dir: Path, config: QuickstartConfi
     return results
 
 
-def _accuracy(clip, pack: Path, eval_dir: Path, config: QuickstartConfig, say: Say, progress):
+def _accuracy(clip, pack: Path, trained: RankerPack, eval_dir: Path, config: QuickstartConfig, say: Say, progress):
     from .evaluation import EvalConfig, evaluate
-    from .pack import load_pack
 
-    layer = load_pack(pack).layer
+    layer = trained.layer
     methods = {"random": {"scorer": "random"}, "cls-attention": {"scorer": "cls-attention"},
                "predictor": {"scorer": "predictor", "pack": str(pack), "tokens": False},
                f"predictor + {config.num_tokens} tokens": {"scorer": "predictor", "pack": str(pack)}}
@@ -186,9 +188,8 @@ def _bench(clip, pack: Path, config: QuickstartConfig, say: Say, progress) -> li
         return run_bench(clip, bench, progress=update)
 
 
-def _summary(clip, config, records, validations, accuracy, unpruned, rows, engines, pack: Path) -> dict:
-    from .pack import load_pack
-
+def _summary(clip, config, records, validations, accuracy, unpruned, rows, engines, pack: Path,
+             trained: RankerPack) -> dict:
     largest = max(config.batches)
     speedup = {row["backend"]: {} for row in rows}
     bound = {}
@@ -200,7 +201,7 @@ def _summary(clip, config, records, validations, accuracy, unpruned, rows, engin
         "prtk_version": __version__,
         "model": clip.name,
         "config": asdict(config),
-        "pack": {"path": str(pack), "metrics": load_pack(pack).meta["metrics"]["predictor"]},
+        "pack": {"path": str(pack), "metrics": trained.meta["metrics"]["predictor"]},
         "unpruned_top1": unpruned,
         "accuracy": {name: {f"{k:g}": v for k, v in points.items()} for name, points in accuracy.items()},
         "exports": [{"file": r.path.name, "keep": r.meta["pruning"]["keep"] if r.meta["pruning"] else None,
@@ -216,10 +217,8 @@ def _summary(clip, config, records, validations, accuracy, unpruned, rows, engin
     }
 
 
-def _plots(clip: LoadedClip, out: Path, config: QuickstartConfig, summary: dict, pack: Path, eval_dir: Path) -> None:
-    from prtk.export.checks import load_check_images
-
-    from .pack import load_pack
+def _plots(clip: LoadedClip, out: Path, config: QuickstartConfig, summary: dict, pack: RankerPack,
+           images: torch.Tensor) -> None:
     from .plots import plot_accuracy, plot_kept_patches, plot_speedup
 
     as_float = {name: {float(k): v for k, v in points.items()} for name, points in summary["accuracy"].items()}
@@ -228,9 +227,8 @@ def _plots(clip: LoadedClip, out: Path, config: QuickstartConfig, summary: dict,
                  {float(k): v for k, v in summary["bound"].items()}, summary["speedup_batch"],
                  out / "speedup_vs_keep.png")
     keep = sorted(config.keeps)[len(config.keeps) // 2]
-    images, _ = load_check_images(clip.preprocess, clip.spec.image_size, eval_dir, 8)
     with torch.inference_mode():
-        _, kept = load_pack(pack).tower(clip, keep)(images, return_indices=True)
+        _, kept = pack.tower(clip, keep)(images, return_indices=True)
     preprocess = clip.preprocess_config
     plot_kept_patches(images, kept, preprocess["mean"], preprocess["std"], clip.spec.patch_size,
                       [f"image {i}" for i in range(len(images))], out / "kept_patches.png")

@@ -9,7 +9,6 @@ the work was split, so every way of running gives the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Callable
 import torch
 
 from . import __version__
-from .artifacts import check_writable, output_lock, prepare_run_folder, write_bytes_atomic
+from .artifacts import check_writable, file_sha256, output_lock, prepare_run_folder, write_bytes_atomic
 from .data import ImageFolderDataset, class_display_name
 from .errors import PrtkInputError
 from .models import LoadedClip
@@ -45,10 +44,6 @@ class Shard:
         if not (count >= 1 and 0 <= index < count):
             raise PrtkInputError(f"shard i/n needs 0 <= i < n, got {text!r}")
         return cls(index, count)
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def ranking_metadata(clip: LoadedClip, dataset: ImageFolderDataset, tower: PrunedVisionTower,
