@@ -2,8 +2,8 @@
 
     python bench/onnx_speed.py [--model ViT-B-16] [--batch 32] [--keep 0.6] [--layer 3] [--runs 5] [--json FILE]
 
-Exports both graphs with `prtk.export` (random weights, the cls-attention scorer: speed does not depend
-on the weights), opens one ONNX Runtime session each, and alternates full / pruned runs so that machine
+Exports both graphs with `prtk.export` (seeded random weights unless a weights option is given, the
+cls-attention scorer: speed does not depend on the weights), opens one ONNX Runtime session each, and alternates full / pruned runs so that machine
 noise hits both alike. Prints the medians and ``speedup X.XXx`` next to the cost-model bound.
 """
 
@@ -14,8 +14,8 @@ import tempfile
 import numpy as np
 import onnxruntime
 
+from bench_cli import check_json, load_model, run
 from prtk.export.exporter import ExportConfig, export_models
-from prtk.models import load_clip
 from prtk.pruning import keep_count
 from speed_report import report_speedup, seconds, speed_arguments
 
@@ -23,8 +23,9 @@ from speed_report import report_speedup, seconds, speed_arguments
 def main() -> None:
     parser = speed_arguments(__doc__)
     args = parser.parse_args()
+    check_json(args)
 
-    clip = load_clip(args.model, random_weights=True)
+    clip = load_model(args, random_by_default=True)
     config = ExportConfig(keeps=(args.keep,), layer=args.layer, full=True, check=False)
     size = clip.spec.image_size
     images = np.random.default_rng(0).standard_normal((args.batch, 3, size, size), dtype=np.float32)
@@ -40,9 +41,9 @@ def main() -> None:
                 times[name].append(seconds(session.run, None, {"images": images}))
     report_speedup(f"{args.model} ONNX Runtime {onnxruntime.__version__} CPU, batch {args.batch}, layer {args.layer}, "
                    f"keep {args.keep} (k={keep_count(args.keep, clip.spec.num_patches)}), cls-attention, "
-                   f"{args.runs} runs", times, clip.spec, args.keep, args.layer, args.batch, args.json_path,
+                   f"{args.runs} runs", times, clip.spec, args.keep, args.layer, args.batch, args,
                    vars(args) | {"onnxruntime": onnxruntime.__version__})
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

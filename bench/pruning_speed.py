@@ -2,16 +2,15 @@
 
     python bench/pruning_speed.py [--model ViT-B-16] [--batch 32] [--keep 0.6] [--layer 3] [--runs 5] [--json FILE]
 
-Random weights (speed does not depend on them). Runs alternate unpruned / pruned so that machine
+Seeded random weights unless a weights option is given (speed does not depend on them). Runs alternate unpruned / pruned so that machine
 noise hits both alike; prints the medians and ``speedup X.XXx`` next to the cost-model bound.
 """
 
 from __future__ import annotations
 
-
 import torch
 
-from prtk.models import load_clip
+from bench_cli import check_json, load_model, run
 from prtk.pruning import PrunedVisionTower
 from prtk.scorers import make_scorer
 from speed_report import report_speedup, seconds, speed_arguments
@@ -21,8 +20,9 @@ def main() -> None:
     parser = speed_arguments(__doc__)
     parser.add_argument("--scorer", default="cls-attention")
     args = parser.parse_args()
+    check_json(args)
 
-    clip = load_clip(args.model, random_weights=True)
+    clip = load_model(args, random_by_default=True)
     tower = PrunedVisionTower(clip.visual, args.keep, args.layer, make_scorer(args.scorer))
     size = clip.spec.image_size
     images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -34,8 +34,8 @@ def main() -> None:
             times["pruned"].append(seconds(tower, images))
     report_speedup(f"{args.model} batch {args.batch}, layer {args.layer}, keep {args.keep} (k={tower.keep_count}), "
                    f"{args.scorer}, {torch.get_num_threads()} threads, {args.runs} runs", times, clip.spec, args.keep,
-                   args.layer, args.batch, args.json_path, vars(args))
+                   args.layer, args.batch, args, vars(args))
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -2,7 +2,7 @@
 
     python bench/ranking_speed.py [--images 8] [--layer 3] [--runs 3] [--vit-images 1] [--json FILE]
 
-1. CIFAR-10 test bed, step 1 (exact greedy), label score: images/s of ``GoldenRanker`` over
+1. The model (``--model`` and weights options as in ``prtk``; default the CIFAR-10 test bed), step 1 (exact greedy), label score: images/s of ``GoldenRanker`` over
    ``--images`` images at once vs ``naive_ranking`` (one image, one candidate at a time, the whole
    tower per candidate) over one image. After one untimed warm-up of each, ``--runs`` runs alternate
    fast / naive so that machine noise hits both alike; prints the medians and ``speedup X.Xx``.
@@ -15,13 +15,12 @@ the ``prtk`` command line tunes it (``prtk.allocator``), for both searches.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 
 import torch
 
+from bench_cli import add_json_arguments, add_model_arguments, check_json, load_model, parser_for, run, write_json
 from prtk.allocator import reuse_freed_memory
 from prtk.models import load_clip
 from prtk.pruning import PrunedVisionTower
@@ -56,17 +55,19 @@ def naive_rate(tower, score, clip, seed: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = parser_for(__doc__)
+    add_model_arguments(parser, default_model="prtk-testbed-cifar10")
     parser.add_argument("--images", type=int, default=8, help="images per fast search")
     parser.add_argument("--layer", type=int, default=3)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-batch", type=int, default=1024)
     parser.add_argument("--vit-images", type=int, default=1)
-    parser.add_argument("--json", dest="json_path", default=None)
+    add_json_arguments(parser)
     args = parser.parse_args()
+    check_json(args)
     reuse_freed_memory()
 
-    testbed = load_clip("prtk-testbed-cifar10")
+    testbed = load_model(args)
     tower, score = ranker_parts(testbed, args.layer)
     ranker = GoldenRanker(tower, score, RankingConfig(layer=args.layer, step=1, max_batch=args.max_batch))
     rates = {"fast": [], "naive": []}
@@ -77,7 +78,7 @@ def main() -> None:
             rates["naive"].append(naive_rate(tower, score, testbed, seed=run))
     medians = {name: statistics.median(values) for name, values in rates.items()}
     speedup = medians["fast"] / medians["naive"]
-    print(f"prtk-testbed-cifar10, layer {args.layer}, step 1, label score, {torch.get_num_threads()} threads, "
+    print(f"{testbed.name}, layer {args.layer}, step 1, label score, {torch.get_num_threads()} threads, "
           f"{args.runs} runs")
     print(f"  fast  median {medians['fast']:8.3f} images/s ({args.images} images per run)")
     print(f"  naive median {medians['naive']:8.3f} images/s (1 image per run)")
@@ -94,10 +95,8 @@ def main() -> None:
         print(f"ViT-B-16 (random weights), layer {args.layer}, step 4: fast {rate:.4f} images/s "
               f"({1 / rate:.0f} s per image, {args.vit_images} images)")
         result["vit_b16_step4"] = {"images_per_s": rate}
-    if args.json_path:
-        with open(args.json_path, "w") as stream:
-            json.dump(result, stream, indent=2)
+    write_json(args, result)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -21,7 +21,7 @@ import torch
 from prtk.errors import PrtkInputError
 from prtk.flops import block_cost_ratio
 from prtk.models import LoadedClip
-from prtk.pruning import default_layer
+from prtk.pruning import check_keeps, default_layer
 
 from .runners import OnnxRuntimeRunner, Runner, TensorRTRunner, TorchRunner
 
@@ -42,6 +42,7 @@ class BenchConfig:
 
     keeps: tuple[float, ...] = (0.5, 0.6, 0.7)
     pack: str | None = None
+    tokens: bool = True  # the pack's learnable tokens
     scorer: str = "cls-attention"
     layer: int | None = None
     backends: tuple[str, ...] = ("torch", "onnxruntime")
@@ -52,6 +53,7 @@ class BenchConfig:
     timing: Timing = field(default_factory=Timing)
 
     def check(self) -> None:
+        check_keeps(self.keeps)
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown or not self.backends:
             raise PrtkInputError(f"backends must be among {', '.join(BACKENDS)}, got {','.join(self.backends)!r}")
@@ -114,7 +116,7 @@ def run_bench(clip: LoadedClip, config: BenchConfig,
 
         require_tensorrt()
     export = ExportConfig(keeps=config.keeps, pack=config.pack, scorer=config.scorer, layer=config.layer,
-                          full=True, seed=config.seed, check=False, fp16=False)
+                          tokens=config.tokens, full=True, seed=config.seed, check=False, fp16=False)
     export.check_values()
     pack = load_export_pack(clip, export)
     targets: list[float | None] = [None, *config.keeps]

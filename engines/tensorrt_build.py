@@ -62,9 +62,9 @@ def require_tensorrt():
 
 
 def engine_path(onnx_path: Path, precision: str) -> Path:
-    """``model_keep0.60.onnx`` -> ``model_keep0.60_fp16.engine`` beside it."""
-    stem = onnx_path.stem.removesuffix("_fp16")
-    return onnx_path.with_name(f"{stem}_{precision}.engine")
+    """``model_keep0.60.onnx`` -> ``model_keep0.60_fp16.engine`` beside it (``model_keep0.60_fp16.onnx`` ->
+    ``model_keep0.60_fp16_fp16.engine``, so that the engine's sidecar never replaces the ONNX's)."""
+    return onnx_path.with_name(f"{onnx_path.stem}_{precision}.engine")
 
 
 def build_engine(onnx_path: str | Path, config: EngineConfig, force: bool = False) -> Path:

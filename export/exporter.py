@@ -1,13 +1,16 @@
 """``export_models``: one static-shape ONNX graph per keep ratio (and the unpruned reference), checked.
 
 Per keep ratio: build the pruned tower (a pack's predictor and tokens, or a baseline scorer), wrap it as
-``DeployedTower``, trace it, fold it, describe it (``metadata_props`` and a ``.json`` sidecar), write it,
-then run the checks. Nothing in a graph depends on the time or the machine: equal inputs, equal bytes.
+``DeployedTower``, trace it, fold it, describe it (``metadata_props`` and a ``.json`` sidecar), write it to a
+staging folder, run the checks on it, then move graph and sidecar into place together
+(``artifacts.commit_together``). Nothing in a graph depends on the time or the machine: equal inputs, equal
+bytes.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,11 +18,12 @@ from typing import Callable
 import torch
 
 from prtk import __version__
-from prtk.artifacts import check_writable, file_sha256, write_json_atomic
+from prtk.artifacts import (check_not_an_input, check_writable, commit_together, file_sha256, finish_commits,
+                            write_json_atomic)
 from prtk.errors import PrtkInputError
 from prtk.flops import block_cost_ratio, gflops, vision_macs
 from prtk.models import LoadedClip
-from prtk.pruning import PrunedVisionTower, check_keep
+from prtk.pruning import PrunedVisionTower, check_keeps
 
 from .checks import CheckResult, Tolerance, check_onnx, check_runtime, check_tensorrt_readiness
 from .deployed import INPUT_NAME, DeployedTower
@@ -28,6 +32,13 @@ from .onnx_graph import BATCH, PROTOBUF_LIMIT, annotate, fold_constants, save_mo
 FORMAT = "prtk-onnx/1"
 MIN_OPSET = 17  # LayerNormalization as one op
 BASELINE_SCORERS = ("cls-attention", "fixed-random")
+
+
+def max_opset() -> int:
+    """The newest opset that the TorchScript-based exporter of the installed torch writes."""
+    from torch.onnx import _constants
+
+    return getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
 
 
 @dataclass
@@ -50,12 +61,10 @@ class ExportConfig:
     external_threshold: int = PROTOBUF_LIMIT  # bytes above which weights go to a .data file
 
     def check_values(self) -> None:
-        if not self.keeps:
-            raise PrtkInputError("no keep ratios given")
-        for keep in self.keeps:
-            check_keep(keep)
-        if self.opset < MIN_OPSET:
-            raise PrtkInputError(f"opset must be at least {MIN_OPSET} (LayerNormalization), got {self.opset}")
+        check_keeps(self.keeps)
+        if not MIN_OPSET <= self.opset <= max_opset():
+            raise PrtkInputError(f"opset must be in [{MIN_OPSET}, {max_opset()}] (LayerNormalization needs "
+                                 f"{MIN_OPSET}; {max_opset()} is the newest this torch exports), got {self.opset}")
         if self.pack is None and self.scorer not in BASELINE_SCORERS:
             raise PrtkInputError(f"scorer must be one of {', '.join(BASELINE_SCORERS)} without --pack, "
                                  f"got {self.scorer!r}")
@@ -93,12 +102,8 @@ def export_models(clip: LoadedClip, config: ExportConfig, out_dir: str | Path, c
     ``[n,3,H,W]`` (preprocessed) feed the ONNX Runtime check. Existing files are replaced only with ``force``."""
     config.check_values()
     out_dir = Path(out_dir)
+    targets = check_export_outputs(clip.name, config, out_dir, force)
     pack = load_export_pack(clip, config)
-    targets: list[float | None] = [*config.keeps, *([None] if config.full else [])]
-    for keep in targets:
-        stem = export_name(clip.name, keep, config.precision)
-        for suffix in (".onnx", ".json"):
-            check_writable(out_dir / f"{stem}{suffix}", force)
     classifier = _classifier(clip, config.classes)
     modules = [deployed_tower(clip, config, pack, keep, classifier) for keep in targets]  # refuse before writing
     records = []
@@ -107,6 +112,23 @@ def export_models(clip: LoadedClip, config: ExportConfig, out_dir: str | Path, c
         if progress is not None:
             progress(done + 1, len(targets))
     return records
+
+
+def check_export_outputs(model: str, config: ExportConfig, out_dir: str | Path, force: bool,
+                         inputs: dict[str, str | None] | None = None) -> list[float | None]:
+    """The keep ratios to export (None: the unpruned tower), after refusing outputs that cannot be written: an
+    existing file without ``force``, or a file that is one of ``inputs`` (``{option: path}``). Finishes
+    interrupted commits first. (``check_keeps`` has refused ratios that share a file name.)"""
+    out_dir = Path(out_dir)
+    finish_commits(out_dir)
+    targets: list[float | None] = [*config.keeps, *([None] if config.full else [])]
+    for keep in targets:
+        stem = export_name(model, keep, config.precision)
+        for suffix in (".onnx", ".onnx.data", ".json"):
+            check_not_an_input(out_dir / f"{stem}{suffix}", inputs or {})
+        for suffix in (".onnx", ".json"):
+            check_writable(out_dir / f"{stem}{suffix}", force)
+    return targets
 
 
 def deployed_tower(clip: LoadedClip, config: ExportConfig, pack, keep: float | None,
@@ -162,17 +184,25 @@ def _export_one(clip: LoadedClip, config: ExportConfig, module: DeployedTower, p
     meta = describe(clip, config, module, pack, keep)
     annotate(model, {"prtk": json.dumps(meta, sort_keys=True)}, __version__)
     stem = export_name(clip.name, keep, config.precision)
-    path = out_dir / f"{stem}.onnx"
     readiness = check_tensorrt_readiness(model) if config.check else None  # before saving moves weights out
-    files = save_model(model, path, config.external_threshold)
+    staging = out_dir / f".{stem}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    staged = save_model(model, staging / f"{stem}.onnx", config.external_threshold)
     checks = []
     if config.check:
-        checks.append(check_onnx(path))
+        checks.append(check_onnx(staged[0]))
         if check_images is not None:
-            checks.append(check_runtime(path, module, check_images, Tolerance.for_precision(config.precision)))
+            checks.append(check_runtime(staged[0], module, check_images, Tolerance.for_precision(config.precision)))
         checks.append(readiness)
-    sidecar = meta | {"files": [file.name for file in files], "checks": [check.as_dict() for check in checks]}
-    write_json_atomic(path.with_suffix(".json"), sidecar)
+    sidecar = meta | {"files": [file.name for file in staged], "checks": [check.as_dict() for check in checks]}
+    write_json_atomic(staging / f"{stem}.json", sidecar)
+    path = out_dir / f"{stem}.onnx"
+    files = [out_dir / file.name for file in staged]
+    commit_together(stem, [(file, out_dir / file.name) for file in [*staged, staging / f"{stem}.json"]])
+    if len(files) == 1:
+        path.with_name(path.name + ".data").unlink(missing_ok=True)  # an earlier export's weights
+    shutil.rmtree(staging)
     return ExportRecord(path=path, files=files, meta=sidecar, checks=checks)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -27,10 +28,12 @@ def require_data(path: Path) -> None:
 
 
 def assert_one_line_error(result, *fragments):
+    """Exit status 2 and one line on stderr, ``prtk <command>: error: ...``, holding every fragment."""
     assert result.exit_code == 2, (result.exit_code, result.output)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.output
+    assert re.match(r"prtk( [a-z-]+)*: error: ", lines[0]), lines[0]
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
 
@@ -61,6 +64,25 @@ def run_cli():
         return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
     return run
+
+
+def perturbed_copy(path: Path, out: Path, scale: float) -> Path:
+    """Copy an export with seeded noise of ``scale`` x its spread added to its largest weight; the sidecar and the
+    embedded description still claim the original weights."""
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    largest = max(model.graph.initializer, key=lambda tensor: int(np.prod(tensor.dims)))
+    values = numpy_helper.to_array(largest)
+    noise = np.random.default_rng(0).standard_normal(values.shape).astype(values.dtype)
+    largest.CopyFrom(numpy_helper.from_array(values + scale * values.std() * noise, largest.name))
+    onnx.save(model, str(out))
+    shutil.copy(path.with_suffix(".json"), out.with_suffix(".json"))
+    return out
 
 
 def seeded_pack(clip, path, keeps=(0.5, 0.6, 0.7), layer=3, tokens=4, seed=0):

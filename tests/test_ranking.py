@@ -131,12 +131,14 @@ def test_a_second_run_on_the_same_output_is_refused(run_cli, shapes64, tmp_path)
 
 
 def test_torchrun_two_processes_write_the_single_run_file(run_cli, shapes64, tmp_path):
+    """Given the same --threads, two torchrun processes write the single run's bytes, although torchrun starts
+    them with OMP_NUM_THREADS=1 (it sets that when the variable is unset, as here)."""
     whole = tmp_path / "whole.prtk"
-    assert run_cli(*rank_args(shapes64, whole)).exit_code == 0
+    assert run_cli(*rank_args(shapes64, whole, "--threads", "2")).exit_code == 0
     out = tmp_path / "distributed.prtk"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-               "-m", "prtk.cli", *map(str, rank_args(shapes64, out))]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
+               "-m", "prtk.cli", *map(str, rank_args(shapes64, out, "--threads", "2"))]
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
     finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert out.read_bytes() == whole.read_bytes()

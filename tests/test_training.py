@@ -137,8 +137,9 @@ def test_pack_is_refused_for_another_model_or_a_missing_keep(run_cli, ranked, tm
     out = tmp_path / "pack.prtk"
     assert run_cli(*train_args(data, ranking, out, "--tokens", "1")).exit_code == 0
     evaluate = ["eval", "--data", data, "--scorer", "predictor", "--pack", out]
-    assert_one_line_error(run_cli(*evaluate, "--model", MODEL, "--random-weights"), "pack was trained for")
-    assert_one_line_error(run_cli(*evaluate, "--model", "prtk-testbed-cifar10"), "pack was trained for")
+    assert_one_line_error(run_cli(*evaluate, "--model", MODEL, "--random-weights"), "pack was made for",
+                          "(--random-weights --seed 0); it was made with the shipped weights (no weights option)")
+    assert_one_line_error(run_cli(*evaluate, "--model", "prtk-testbed-cifar10"), "pack was made for")
     assert_one_line_error(run_cli(*evaluate, "--model", MODEL, "--keep", "0.7"), "pack has tokens for keep 0.5, 0.6")
     assert run_cli(*evaluate, "--model", MODEL, "--keep", "0.7", "--no-tokens").exit_code == 0
     assert_one_line_error(run_cli(*evaluate, "--model", MODEL, "--layer", "2"), "differs from the pack's layer 3")
@@ -147,7 +148,9 @@ def test_pack_is_refused_for_another_model_or_a_missing_keep(run_cli, ranked, tm
     assert_one_line_error(run_cli("eval", "--model", MODEL, "--data", data, "--scorer", "predictor", "--pack", ranking),
                           "is not a prtk ranker pack")
     assert_one_line_error(run_cli("train", "--model", MODEL, "--random-weights", "--ranking", ranking, "--data", data,
-                                  "--out", tmp_path / "other.prtk"), "ranking was made for")
+                                  "--out", tmp_path / "other.prtk"), "ranking was made for",
+                          "it was made with the shipped weights")
+    assert_one_line_error(run_cli(*train_args(data, ranking, ranking, "--force")), "is the input --ranking")
     assert_one_line_error(run_cli(*train_args(data, ranking, tmp_path / "k.prtk", "--keep", "0.5,1.5")),
                           "keep ratio must be in (0, 1], got 1.5")
 

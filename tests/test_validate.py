@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 
-import numpy as np
-import onnx
-from onnx import numpy_helper
 from PIL import Image
 
-from conftest import assert_one_line_error, seeded_pack
+from conftest import assert_one_line_error, perturbed_copy, seeded_pack
 from prtk.export.exporter import ExportConfig, export_models
 from prtk.models import load_clip
 
 CIFAR = "prtk-testbed-cifar10"
 SHAPES = "prtk-testbed-shapes"
-
-
-def perturbed_copy(path, out):
-    """Copy an export with noise added to its largest weight (the sidecar still claims the original weights)."""
-    model = onnx.load(str(path))
-    largest = max(model.graph.initializer, key=lambda tensor: int(np.prod(tensor.dims)))
-    values = numpy_helper.to_array(largest)
-    noise = np.random.default_rng(0).standard_normal(values.shape).astype(values.dtype)
-    largest.CopyFrom(numpy_helper.from_array(values + 0.05 * values.std() * noise, largest.name))
-    onnx.save(model, str(out))
-    shutil.copy(path.with_suffix(".json"), out.with_suffix(".json"))
-    return out
 
 
 def test_validate_passes_the_cifar_exports_and_fails_a_perturbed_one(run_cli, cifar_test_dir, tmp_path):
@@ -42,7 +26,7 @@ def test_validate_passes_the_cifar_exports_and_fails_a_perturbed_one(run_cli, ci
         assert report["cosine"]["min"] > 0.9999 and report["kept_overlap"]["identical"] == 100.0
         assert len(report["per_class"]) == 10 and sum(c["images"] for c in report["per_class"].values()) == 300
         assert "PASS" in record.path.with_name(record.path.name + ".validation.md").read_text()
-    broken = perturbed_copy(records[1].path, tmp_path / "broken.onnx")
+    broken = perturbed_copy(records[1].path, tmp_path / "broken.onnx", 0.05)
     result = run_cli("validate", broken, "--data", cifar_test_dir, "--pack", pack, "--limit", "300")
     assert result.exit_code == 1, result.output
     report = json.loads((tmp_path / "broken.onnx.validation.json").read_text())
@@ -55,9 +39,9 @@ def test_validate_refuses_a_mismatched_pair(run_cli, shapes_dir, tmp_path):
     other = seeded_pack(clip, tmp_path / "other.prtk", seed=1)
     (record,) = export_models(clip, ExportConfig(keeps=(0.6,), pack=str(pack), check=False), tmp_path / "x", None)
     validate = ["validate", record.path, "--data", shapes_dir]
-    assert_one_line_error(run_cli(*validate, "--pack", pack, "--model", CIFAR), "was exported from prtk-testbed-shapes")
+    assert_one_line_error(run_cli(*validate, "--pack", pack, "--model", CIFAR), "was made for prtk-testbed-shapes")
     assert_one_line_error(run_cli(*validate, "--pack", pack, "--model", SHAPES, "--random-weights"),
-                          "was exported from prtk-testbed-shapes with weights")
+                          "was made for prtk-testbed-shapes with weights", "(--random-weights --seed 0)")
     assert_one_line_error(run_cli(*validate), "pass it with --pack FILE")
     assert_one_line_error(run_cli(*validate, "--pack", other), "is not the pack")
     record.path.with_suffix(".json").unlink()

@@ -13,11 +13,43 @@ import click
 
 from . import __version__
 from .allocator import reuse_freed_memory
+from .artifacts import check_writable_folder
 from .errors import PrtkInputError
 
 
+class PrtkInputUsageError(click.ClickException):
+    """A ``PrtkInputError`` raised inside a command, carrying the command's context for its name."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, ctx: click.Context):
+        super().__init__(message)
+        self.ctx = ctx
+
+
+class PrtkCommand(click.Command):
+    """A command whose ``PrtkInputError`` is reported as ``prtk <command>: error: ...`` (exit 2)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PrtkInputError as error:
+            raise PrtkInputUsageError(str(error), ctx) from None
+
+
 class PrtkGroup(click.Group):
-    """A click group that reports usage and input errors in one line (exit 2) instead of a traceback."""
+    """A click group that reports usage and input errors in one line (exit 2) instead of a traceback.
+
+    Its subcommands are ``PrtkCommand`` (and its subgroups ``PrtkGroup``), so every error names the command.
+    """
+
+    command_class = PrtkCommand
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PrtkInputError as error:
+            raise PrtkInputUsageError(str(error), ctx) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
@@ -79,12 +111,24 @@ def load_model_from_options(model_name, pretrained, checkpoint, model_config, ra
                      random_weights=random_weights, seed=seed)
 
 
-def check_json_destination(destination: str | None, force: bool) -> None:
-    """Refuse an existing ``--json`` file before any work starts (``-``, stdout, and None need no check)."""
-    from .artifacts import check_writable
+def check_output(path: str, force: bool, inputs: dict[str, str | None]):
+    """Refuse, before any work, an output file that cannot be written, exists without ``force``, or is one of
+    the command's ``inputs`` (``{option: path}``); returns it as a Path."""
+    from .artifacts import check_not_an_input, check_writable
 
+    check_not_an_input(path, inputs)
+    return check_writable(path, force)
+
+
+def check_json_destination(destination: str | None, force: bool, inputs: dict[str, str | None] | None = None) -> None:
+    """``check_output`` for a ``--json`` file (``-``, stdout, and None need no check)."""
     if destination not in (None, "-"):
-        check_writable(destination, force)
+        check_output(destination, force, inputs or {})
+
+
+def weights_inputs(checkpoint: str | None, model_config: str | None) -> dict[str, str | None]:
+    """The model options that name files, as ``check_output`` inputs."""
+    return {"--checkpoint": checkpoint, "--model-config": model_config}
 
 
 def emit_json(document: dict, destination: str, force: bool) -> None:
@@ -142,17 +186,22 @@ def eval_command(model_name, pretrained, checkpoint, model_config, random_weight
                  json_path, force):
     """Zero-shot top-1/top-5, images/s and GFLOPs of the unpruned and the pruned image tower."""
     from .console import progress_bar
+    from .data import UnreadableImageError
     from .evaluation import EvalConfig, evaluate
     from .pruning import check_keep
 
     check_keep(keep)
-    check_json_destination(json_path, force)
+    check_json_destination(json_path, force, weights_inputs(checkpoint, model_config)
+                           | {"--ranking": ranking, "--pack": pack})
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
     config = EvalConfig(keep=keep, layer=layer, scorer=scorer, ranking=ranking, pack=pack, tokens=not no_tokens,
                         seed=seed, fuse_dropped=fuse_dropped, batch_size=batch_size, workers=workers, limit=limit,
                         skip_bad=skip_bad, device=device)
-    with progress_bar(f"eval {clip.name}") as update:
-        report = evaluate(clip, data_root, config, progress=update)
+    try:
+        with progress_bar(f"eval {clip.name}") as update:
+            report = evaluate(clip, data_root, config, progress=update)
+    except UnreadableImageError as error:
+        raise PrtkInputError(f"{error} (pass --skip-bad to count and skip unreadable images)") from None
     _print_eval_table(report, to_stderr=json_path == "-")
     if json_path is not None:
         emit_json(report, json_path, force)
@@ -229,15 +278,22 @@ def make_shapes_command(out, count, seed, size, force):
 @click.option("--work-dir", metavar="DIR", default=None,
               help="Per-epoch training state; rerunning the same command resumes from it  [default: OUT/.NAME.work]")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs and discard a saved training state.")
+@click.option("--model-name", metavar="NAME", default=None,
+              help="Name of the trained model and its files  [default: NAME, on the test bed's own data]. Needed "
+                   "when the CIFAR-10 test bed is trained on other classes; the architecture is then written "
+                   "beside the weights as NAME.json (load with --model-config and --checkpoint).")
 @click.option("--json", "json_path", metavar="FILE", default=None, help="Also write the card to FILE (- for stdout).")
 def train_testbed_command(name, out_dir, train_data, test_data, train_count, test_count, epochs, batch_size, lr, seed,
-                          bf16, device, work_dir, force, json_path):
+                          bf16, device, work_dir, force, model_name, json_path):
     """Train a test-bed CLIP (both towers, contrastive on class captions) and write its weights and card."""
     from .clip_training import ClipTrainConfig
     from .console import progress_bar, stderr
     from .testbeds import build_testbed, recipe
 
     check_json_destination(json_path, force)
+    check_writable_folder(out_dir)
+    if work_dir is not None:
+        check_writable_folder(work_dir)
     plan = recipe(name)
     config = ClipTrainConfig(epochs=plan.epochs if epochs is None else epochs, lr=lr, seed=seed, bf16=bf16,
                              batch_size=plan.batch_size if batch_size is None else batch_size)
@@ -250,17 +306,18 @@ def train_testbed_command(name, out_dir, train_data, test_data, train_count, tes
 
     card = build_testbed(name, out_dir, train_dir=train_data, test_dir=test_data, config=config,
                          train_count=train_count, test_count=test_count, work_dir=work_dir, force=force, device=device,
-                         command=invocation(click.get_current_context()), progress=progress_bar, on_epoch=report_epoch)
+                         command=invocation(click.get_current_context()), progress=progress_bar, on_epoch=report_epoch,
+                         model_name=model_name)
     accuracy = card["accuracy"]
-    click.echo(f"{name}: zero-shot top-1 {accuracy['top1']:.2f}% on {accuracy['held_out_images']} held-out images "
-               f"(cls-attention@0.6 {accuracy['pruned']['cls-attention@0.6']['top1']:.2f}%, "
+    click.echo(f"{card['model']}: zero-shot top-1 {accuracy['top1']:.2f}% on {accuracy['held_out_images']} "
+               f"held-out images (cls-attention@0.6 {accuracy['pruned']['cls-attention@0.6']['top1']:.2f}%, "
                f"random@0.3 {accuracy['pruned']['random@0.3']['top1']:.2f}%), trained in {card['wall_time_s']:.0f} s",
                err=json_path == "-")
     if json_path is not None:
         emit_json(card, json_path, force)
 
 
-@cli.group("rank", invoke_without_command=True, subcommand_metavar="[merge]")
+@cli.group("rank", cls=PrtkGroup, invoke_without_command=True, subcommand_metavar="[merge]")
 @model_options
 @click.option("--data", "data_root", metavar="DIR", default=None,
               help="ImageFolder to rank: DIR/<class>/<image>  [required]")
@@ -282,12 +339,16 @@ def train_testbed_command(name, out_dir, train_data, test_data, train_count, tes
 @click.option("--shard", default=None, metavar="I/N",
               help="Rank only part I of N (0-based); join the parts with `prtk rank merge`.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--threads", type=int, default=None, metavar="N",
+              help="Intra-op CPU threads per process. Results are byte-identical for the same inputs, machine "
+                   "and thread count; torchrun gives each process 1 thread unless OMP_NUM_THREADS is set, so give "
+                   "a single run and a torchrun run the same --threads to compare them  [default: torch's]")
 @click.option("--json", "json_path", metavar="FILE", default=None,
-              help="Also write a summary (images, layer, score, step, seconds) as JSON (- for stdout).")
+              help="Also write a summary (images, layer, score, step, threads, seconds) as JSON (- for stdout).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs and discard a partial run.")
 @click.pass_context
 def rank_command(ctx, model_name, pretrained, checkpoint, model_config, random_weights, seed, data_root, out, layer,
-                 score, step, min_keep, max_batch, chunk, limit, shard, device, json_path, force):
+                 score, step, min_keep, max_batch, chunk, limit, shard, device, threads, json_path, force):
     """Golden ranking of every image's patch tokens (greedy backward elimination at block --layer).
 
     A killed run restarted with the same command continues where it stopped. Under
@@ -298,7 +359,7 @@ def rank_command(ctx, model_name, pretrained, checkpoint, model_config, random_w
     import time
 
     from .console import progress_bar
-    from .distributed import work_partition
+    from .distributed import check_threads, intra_op_threads, work_partition
     from .evaluation import resolve_device
     from .rank_run import rank_folder
     from .ranking import RankingConfig
@@ -308,20 +369,23 @@ def rank_command(ctx, model_name, pretrained, checkpoint, model_config, random_w
             raise PrtkInputError(f"missing option {option}")
     config = RankingConfig(layer=layer, score=score, step=step, min_keep=min_keep, max_batch=max_batch)
     config.check()
-    check_json_destination(json_path, force)
+    check_threads(threads)
+    inputs = weights_inputs(checkpoint, model_config)
+    check_output(out, force, inputs)
+    check_json_destination(json_path, force, inputs | {"--out": out})
     part, gather = work_partition(shard)
     resolve_device(device)
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
     start = time.perf_counter()
-    with progress_bar(f"rank {clip.name}" + (f" (part {part.index + 1}/{part.count})" if part.count > 1 else "")) \
-            as update:
+    description = f"rank {clip.name}" + (f" (part {part.index + 1}/{part.count})" if part.count > 1 else "")
+    with intra_op_threads(threads) as used_threads, progress_bar(description) as update:
         ranking = rank_folder(clip, data_root, out, config, chunk=chunk, limit=limit, shard=part, force=force,
                               device=device, progress=update, gather=gather)
     if ranking is None:
         return
     seconds = time.perf_counter() - start
     summary = {key: ranking.meta[key] for key in ("model", "num_patches", "layer", "score", "step", "min_keep")}
-    summary |= {"out": str(out), "images": len(ranking.images), "seconds": round(seconds, 3)}
+    summary |= {"out": str(out), "images": len(ranking.images), "threads": used_threads, "seconds": round(seconds, 3)}
     click.echo(f"wrote {out}: {summary['images']} images x {summary['num_patches']} patches, layer "
                f"{summary['layer']}, score {score}, step {step}, {seconds:.1f} s", err=True)
     if json_path is not None:
@@ -334,11 +398,10 @@ def rank_command(ctx, model_name, pretrained, checkpoint, model_config, random_w
 @click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
 def rank_merge_command(out, shards, force):
     """Join the files of `prtk rank --shard i/n` (every i) into the file one run would write."""
-    from .artifacts import check_writable
     from .rank_run import merge_rankings
     from .ranking_file import load_ranking, save_ranking
 
-    check_writable(out, force)
+    check_output(out, force, {f"SHARD {shard}": shard for shard in shards})
     merged = merge_rankings([load_ranking(path) for path in shards])
     save_ranking(out, merged)
     click.echo(f"wrote {out}: {merged.tensors['order'].shape[0]} images from {len(shards)} shards", err=True)
@@ -386,7 +449,9 @@ def train_command(model_name, pretrained, checkpoint, model_config, random_weigh
                          predictor_lr=predictor_lr, token_lr=token_lr, val_fraction=val_fraction, seed=seed,
                          device=device)
     config.check()
-    check_json_destination(json_path, force)
+    inputs = weights_inputs(checkpoint, model_config) | {"--ranking": ranking_path}
+    check_output(out, force, inputs)
+    check_json_destination(json_path, force, inputs | {"--out": out})
     distributed = torchrun_world()
     world = (distributed[0].index, distributed[0].count) if distributed else (0, 1)
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
@@ -420,7 +485,8 @@ def train_command(model_name, pretrained, checkpoint, model_config, random_weigh
 @click.option("--no-kept-indices", is_flag=True, help="Leave out the 'kept_indices' output [B, k].")
 @click.option("--no-tokens", is_flag=True, help="With --pack: leave out its learnable tokens.")
 @click.option("--fp16", is_flag=True, help="fp16 weights and activations; LayerNorm, softmax and I/O stay fp32.")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (at least 17).")
+@click.option("--opset", type=int, default=17, show_default=True,
+              help="ONNX opset, from 17 (LayerNormalization as one op) to the newest the installed torch exports (20).")
 @click.option("--data", "check_data", metavar="DIR", default=None,
               help="ImageFolder whose images feed the ONNX Runtime check  [default: generated shapes images]")
 @click.option("--check-images", type=int, default=8, show_default=True,
@@ -442,15 +508,18 @@ def export_command(ctx, model_name, pretrained, checkpoint, model_config, random
     """
     from .console import progress_bar
     from prtk.export.checks import load_check_images
-    from prtk.export.exporter import ExportConfig, export_models, read_class_names
+    from prtk.export.exporter import ExportConfig, check_export_outputs, export_models, read_class_names
 
     config = ExportConfig(keeps=parse_keeps(keeps), pack=pack, scorer=scorer, layer=layer, tokens=not no_tokens,
                           full=full, normalize=not no_normalize, kept_indices=not no_kept_indices,
                           classes=read_class_names(classes_path) if classes_path else (), fp16=fp16, opset=opset,
                           seed=seed, check=not no_check)
     config.check_values()
-    check_json_destination(json_path, force)
+    inputs = weights_inputs(checkpoint, model_config) | {"--pack": pack, "--classes": classes_path}
+    check_json_destination(json_path, force, inputs)
+    check_writable_folder(out_dir)
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
+    check_export_outputs(clip.name, config, out_dir, force, inputs)
     images, source = (None, "") if no_check else load_check_images(clip.preprocess, clip.spec.image_size,
                                                                     check_data, check_images)
     with progress_bar(f"export {clip.name}", unit="graph") as update:
@@ -501,7 +570,8 @@ def build_engine_command(target, precision, batch_profile, workspace, timing_cac
     """
     from pathlib import Path
 
-    from prtk.engines.tensorrt_build import EngineConfig, build_engine, parse_batch_profile, require_tensorrt
+    from prtk.engines.tensorrt_build import (EngineConfig, build_engine, engine_path, parse_batch_profile,
+                                             require_tensorrt)
 
     config = EngineConfig(precision, parse_batch_profile(batch_profile), workspace)
     config.check()
@@ -509,6 +579,10 @@ def build_engine_command(target, precision, batch_profile, workspace, timing_cac
     sources = sorted(target.glob("*.onnx")) if target.is_dir() else [target]
     if not sources or not all(path.is_file() for path in sources):
         raise PrtkInputError(f"no ONNX file at {target}")
+    for source in sources:
+        engine = engine_path(source, precision)
+        for output in (engine, engine.with_suffix(".json")):
+            check_output(output, force, {"ONNX": source, "ONNX sidecar": source.with_suffix(".json")})
     require_tensorrt()
     cache = timing_cache or str((target if target.is_dir() else target.parent) / "timing.cache")
     for source in sources:
@@ -519,6 +593,7 @@ def build_engine_command(target, precision, batch_profile, workspace, timing_cac
 @cli.command("bench")
 @model_options
 @click.option("--pack", metavar="FILE", default=None, help="Ranker pack (its predictor and tokens); else --scorer.")
+@click.option("--no-tokens", is_flag=True, help="With --pack: leave out its learnable tokens.")
 @click.option("--scorer", type=click.Choice(["cls-attention", "fixed-random"]), default="cls-attention",
               show_default=True, help="Without --pack: the baseline scorer.")
 @click.option("--keep", "keeps", default="0.5,0.6,0.7", show_default=True, metavar="R[,R...]", help="Keep ratios.")
@@ -535,8 +610,8 @@ def build_engine_command(target, precision, batch_profile, workspace, timing_cac
 @click.option("--seconds", type=float, default=2.0, show_default=True, help="Timed seconds per case, at least.")
 @click.option("--json", "json_path", metavar="FILE", default=None, help="Also write the rows as JSON (- for stdout).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
-def bench_command(model_name, pretrained, checkpoint, model_config, random_weights, seed, pack, scorer, keeps, layer,
-                  backends, batches, device, precision, warmup, iterations, seconds, json_path, force):
+def bench_command(model_name, pretrained, checkpoint, model_config, random_weights, seed, pack, no_tokens, scorer,
+                  keeps, layer, backends, batches, device, precision, warmup, iterations, seconds, json_path, force):
     """Latency (median, p90, p99), images/s, GFLOPs and speedup over the unpruned tower per backend, keep, batch.
 
     The unpruned tower is measured on every backend and batch too; the speedup is beside the cost-model
@@ -546,13 +621,13 @@ def bench_command(model_name, pretrained, checkpoint, model_config, random_weigh
     from .evaluation import resolve_device
     from prtk.engines.benchmark import BenchConfig, Timing, run_bench
 
-    config = BenchConfig(keeps=parse_keeps(keeps), pack=pack, scorer=scorer, layer=layer,
+    config = BenchConfig(keeps=parse_keeps(keeps), pack=pack, tokens=not no_tokens, scorer=scorer, layer=layer,
                          backends=tuple(b.strip() for b in backends.split(",")),
                          batches=parse_counts(batches, "--batch"), device=device, precision=precision, seed=seed,
                          timing=Timing(warmup, iterations, seconds))
     config.check()
     resolve_device(device)
-    check_json_destination(json_path, force)
+    check_json_destination(json_path, force, weights_inputs(checkpoint, model_config) | {"--pack": pack})
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
     with progress_bar(f"bench {clip.name}", unit="case") as update:
         rows = run_bench(clip, config, progress=update)
@@ -592,27 +667,36 @@ def _print_bench_table(model: str, config, rows: list[dict], to_stderr: bool) ->
               help="Smallest embedding cosine to the pruned reference  [default: 0.9999 fp32, 0.999 fp16]")
 @click.option("--max-accuracy-delta", type=float, default=None,
               help="Largest |top-1 difference| to the pruned reference, points  [default: 0.1]")
+@click.option("--max-abs-diff", type=float, default=None,
+              help="Largest |artifact - pruned reference| of any embedding element  [default: 1e-4 fp32, 1e-2 fp16]")
+@click.option("--max-relative-error", type=float, default=None,
+              help="Largest per-image ||artifact - reference|| / ||reference|| of the embedding  "
+                   "[default: 1e-4 fp32, 1e-2 fp16]")
 @click.option("--report", "report_prefix", metavar="PREFIX", default=None,
               help="Write PREFIX.md and PREFIX.json  [default: the artifact's path + .validation]")
 @click.option("--force", is_flag=True, help="Overwrite existing reports.")
 @click.pass_context
 def validate_command(ctx, artifact, model_name, pretrained, checkpoint, model_config, random_weights, seed,
-                     data_root, pack, limit, batch_size, min_agreement, min_cosine, max_accuracy_delta,
-                     report_prefix, force):
+                     data_root, pack, limit, batch_size, min_agreement, min_cosine, max_accuracy_delta, max_abs_diff,
+                     max_relative_error, report_prefix, force):
     """Prove an exported .onnx (or .engine) gives its PyTorch reference's answers; exit 0 pass, 1 fail.
 
-    The references are the unpruned tower and the tower pruned with the same pack, scorer and keep ratio,
+    The sidecar must be the graph's own description (the one embedded in the ONNX metadata) and agree
+    with the graph's inputs, outputs and precision; the thresholds follow the graph's precision. The
+    references are the unpruned tower and the tower pruned with the same pack, scorer and keep ratio,
     loaded from the weights the sidecar names (or the model options given, which must match them).
     """
-    from .artifacts import check_writable, write_bytes_atomic, write_json_atomic
+    from .artifacts import write_bytes_atomic, write_json_atomic
     from .console import progress_bar
     from prtk.engines.validation import Artifact, Thresholds, markdown_report, validate
 
     target = Artifact.read(artifact)
     thresholds = Thresholds.for_precision(target.precision, min_agreement=min_agreement, min_cosine=min_cosine,
-                                          max_accuracy_delta=max_accuracy_delta)
+                                          max_accuracy_delta=max_accuracy_delta, max_abs_diff=max_abs_diff,
+                                          max_relative_error=max_relative_error)
     prefix = report_prefix or f"{target.path}.validation"
-    markdown_path, json_path = (check_writable(f"{prefix}{suffix}", force) for suffix in (".md", ".json"))
+    inputs = {**target.inputs, "--pack": pack, **weights_inputs(checkpoint, model_config)}
+    markdown_path, json_path = (check_output(f"{prefix}{suffix}", force, inputs) for suffix in (".md", ".json"))
     if model_name is None and model_config is None:
         from .models import load_clip
 
@@ -647,11 +731,16 @@ def quickstart_command(model_name, data_root, out_dir, keeps, rank_images, eval_
     """The whole pipeline on a test bed, on a CPU, in minutes: rank -> train -> export -> engines (where
     TensorRT is present) -> validate -> accuracy -> bench, then a summary table and PNG plots in --out."""
     from .console import progress_bar, stderr
-    from .models import load_clip
+    from .models import builtin_checkpoint, builtin_model_names, load_clip
     from .quickstart import QuickstartConfig, run_quickstart
 
     config = QuickstartConfig(keeps=parse_keeps(keeps), rank_images=rank_images, eval_images=eval_images)
-    check_json_destination(json_path, force)
+    shipped = [name for name in builtin_model_names() if builtin_checkpoint(name) is not None]
+    if model_name not in shipped:
+        raise PrtkInputError(f"quickstart runs on a built-in model with shipped weights ({', '.join(shipped)}), "
+                             f"got {model_name!r}")
+    check_json_destination(json_path, force, {"--out": out_dir})
+    check_writable_folder(out_dir)
     clip = load_clip(model_name)
     summary = run_quickstart(clip, out_dir, config, data_root, force, progress=progress_bar,
                              say=lambda line: stderr.print(line, markup=False, highlight=False))

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .artifacts import write_torch_atomic
+from .artifacts import load_torch_state, write_torch_atomic
 from .augment import random_crop_flip
 from .errors import PrtkInputError
 from .image_tensors import LabelledImages
@@ -157,7 +157,7 @@ def train_clip(clip: LoadedClip, train: LabelledImages, held_out: LabelledImages
     total_steps = steps_per_epoch * config.epochs
     history, first_epoch = [], 0
     if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
+        state = load_torch_state(state_path, device)
         if state["key"] != key:
             raise PrtkInputError(f"training state {state_path} belongs to another run (other model, data or "
                                  "settings): remove it or pass --force to start over")

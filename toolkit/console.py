@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Callable, Iterator, Sequence
 
 from rich.console import Console
@@ -28,13 +29,22 @@ class RateColumn(ProgressColumn):
         return Text("?" if speed is None else f"{speed:,.1f} {self.unit}/s")
 
 
+PLAIN_EVERY_S = 30.0  # without a terminal: a progress line at least this often while work advances
+PLAIN_EVERY_SHARE = 0.1  # ... and at every tenth of the work
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, unit: str = "img") -> Iterator[Callable[[int, int], None]]:
     """A bar with count, rate, elapsed time and ETA on stderr; yields ``update(completed, total)``.
 
     The bar appears at the first update, so input errors found before the work starts print nothing
-    else; on an error the bar is removed, so the error stays the only line the user sees.
+    else; on an error the bar is removed, so the error stays the only line the user sees. When stderr is
+    not a terminal (a log file, a pipe) plain lines are printed instead: at every tenth of the work, at
+    least every 30 s while it advances, and at the end.
     """
+    if not stderr.is_terminal:
+        yield _plain_progress(description, unit)
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     progress = Progress(*columns, console=stderr)
@@ -55,6 +65,28 @@ def progress_bar(description: str, unit: str = "img") -> Iterator[Callable[[int,
     finally:
         if task is not None:
             progress.stop()
+
+
+def _plain_progress(description: str, unit: str) -> Callable[[int, int], None]:
+    """``update(completed, total)`` that prints ``rank x: 128/256 img (50%), 12.3 img/s, 10 s, eta 10 s`` lines."""
+    started = time.monotonic()
+    last = {"time": started, "share": 0.0}
+
+    def update(completed: int, total: int) -> None:
+        now = time.monotonic()
+        share = completed / total if total else 1.0
+        due = (completed >= total or share - last["share"] >= PLAIN_EVERY_SHARE - 1e-9
+               or now - last["time"] >= PLAIN_EVERY_S)
+        if completed <= 0 or not due:
+            return
+        last.update(time=now, share=share)
+        elapsed = now - started
+        rate = completed / elapsed if elapsed > 0 else 0.0
+        eta = f", eta {(total - completed) / rate:.0f} s" if rate > 0 and completed < total else ""
+        stderr.print(f"{description}: {completed}/{total} {unit} ({100 * share:.0f}%), {rate:,.1f} {unit}/s, "
+                     f"{elapsed:.0f} s{eta}", markup=False, highlight=False, soft_wrap=True)
+
+    return update
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]],

@@ -18,6 +18,10 @@ from .errors import PrtkInputError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
+class UnreadableImageError(PrtkInputError):
+    """An image file that cannot be decoded (commands that can skip such files add how)."""
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     path: Path
@@ -39,14 +43,20 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if not self.root.is_dir():
             raise PrtkInputError(f"data folder not found: {self.root}")
         folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        records, classes = [], []
+        records, classes, empty = [], [], []
         for folder in folders:
-            files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and _image_file(p))
             if files:
                 records.extend(ImageRecord(path, len(classes)) for path in files)
                 classes.append(folder.name)
+            else:
+                empty.append(folder.name)
         if not records:
             raise PrtkInputError(f"no images in {self.root}: expected {self.root}/<class>/<image file>")
+        if empty:
+            raise PrtkInputError(f"class folder {self.root / empty[0]} holds no images"
+                                 + (f" ({len(empty) - 1} more empty)" if len(empty) > 1 else "")
+                                 + ": add its images or remove it (class labels follow the folders)")
         if len(classes) < 2:
             raise PrtkInputError(f"found 1 class ({classes[0]!r}) in {self.root}: point --data at the folder "
                                  "whose subfolders are the classes")
@@ -72,6 +82,20 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def relative_path(self, index: int) -> str:
         return self.records[index].path.relative_to(self.root).as_posix()
+
+    def sha256(self, index: int) -> str:
+        """SHA-256 of image ``index``'s file; an unreadable file (e.g. a dangling symlink) is bad input."""
+        from .artifacts import file_sha256
+
+        try:
+            return file_sha256(self.records[index].path)
+        except OSError as error:
+            raise PrtkInputError(f"cannot read image {self.records[index].path}: {error.strerror or error}") from None
+
+
+def _image_file(path: Path) -> bool:
+    """A file, or a symlink that does not point to a folder (a dangling one counts, as an unreadable image)."""
+    return path.is_file() or (path.is_symlink() and not path.is_dir())
 
 
 def make_loader(dataset: ImageFolderDataset, batch_size: int, workers: int) -> torch.utils.data.DataLoader:

@@ -4,7 +4,8 @@ and a gather of per-process results onto rank 0."""
 from __future__ import annotations
 
 import os
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from .errors import PrtkInputError
 from .rank_run import Shard
@@ -48,3 +49,29 @@ def torchrun_world() -> tuple[Shard, Callable[[dict], dict | None]] | None:
         return merged
 
     return Shard(rank, world), gather
+
+
+@contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[int]:
+    """Run with ``threads`` intra-op CPU threads (None: the process's current setting); yields the count.
+
+    CPU results can depend on the thread count (on the 2-core AMD EPYC test machines a ranking made
+    with 1 thread differs from one made with 2 by ~2e-6 in candidate scores, enough to swap tied
+    patches). torchrun starts its processes with ``OMP_NUM_THREADS=1`` unless it is set, so a run
+    split by torchrun equals a single run only when both are given the same count.
+    """
+    import torch
+
+    check_threads(threads)
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise PrtkInputError(f"--threads must be at least 1, got {threads}")

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from . import __version__
-from .data import ImageFolderDataset, class_display_name, make_loader
+from .data import ImageFolderDataset, UnreadableImageError, class_display_name, make_loader
 from .errors import PrtkInputError
 from .flops import block_cost_ratio, gflops, vision_macs
 from .models import LoadedClip
@@ -52,7 +52,6 @@ class _Tally:
 
 def _golden_rankings(clip: LoadedClip, dataset: ImageFolderDataset, config: EvalConfig) -> tuple[int, torch.Tensor]:
     """The ranking file's layer and its rankings [len(dataset), N] in dataset order, checked against both."""
-    from .artifacts import file_sha256
     from .ranking_file import load_ranking, rankings_for
 
     if config.ranking is None:
@@ -62,8 +61,8 @@ def _golden_rankings(clip: LoadedClip, dataset: ImageFolderDataset, config: Eval
     if config.layer is not None and config.layer != layer:
         raise PrtkInputError(f"--layer {config.layer} differs from the ranking's layer {layer}")
     paths = [dataset.relative_path(i) for i in range(len(dataset))]
-    hashes = [file_sha256(record.path) for record in dataset.records]
-    return layer, rankings_for(ranking, clip.name, clip.weights_sha256, paths, hashes)
+    hashes = [dataset.sha256(i) for i in range(len(dataset))]
+    return layer, rankings_for(ranking, clip, paths, hashes)
 
 
 def _pruned_tower(clip: LoadedClip, dataset: ImageFolderDataset,
@@ -132,8 +131,8 @@ def evaluate(clip: LoadedClip, data_root: str | Path, config: EvalConfig,
         unreadable = [i for i, error in enumerate(errors) if error]
         for i in unreadable:
             if not config.skip_bad:
-                raise PrtkInputError(f"cannot decode image {dataset.records[int(indices[i])].path}: {errors[i]} "
-                                     "(pass --skip-bad to count and skip unreadable images)")
+                raise UnreadableImageError(f"cannot decode image {dataset.records[int(indices[i])].path}: "
+                                           f"{errors[i]}")
             skipped.append(dataset.relative_path(int(indices[i])))
         if unreadable:
             readable = torch.tensor([not error for error in errors])

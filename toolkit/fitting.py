@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .artifacts import write_torch_atomic
+from .artifacts import load_torch_state, write_torch_atomic
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def fit(module: nn.Module, batch_loss: Callable[[nn.Module, torch.Tensor], torch
         model = nn.parallel.DistributedDataParallel(module)
     start_epoch, best_score, best, best_metrics, history = 0, -math.inf, _trainable(module), {}, []
     if state_path.exists():
-        state = torch.load(state_path, weights_only=True)
+        state = load_torch_state(state_path)
         module.load_state_dict(state["params"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])

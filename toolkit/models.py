@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import pickle
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -57,15 +59,52 @@ class LoadedClip:
         return dict(open_clip.get_model_preprocess_cfg(self.model))
 
 
+def check_made_for(kind: str, model: str, weights_sha256: str, weights: dict | None, clip: LoadedClip) -> None:
+    """Refuse a file (``kind``: "pack", "ranking", an artifact's name) made for another model or other weights;
+    when only the weights differ, say which weights option gives the ones it was made with (``weights``: the
+    source recorded in the file, if any)."""
+    if model != clip.name:
+        raise PrtkInputError(f"{kind} was made for {model} with weights {weights_sha256[:12]}, not {clip.name}")
+    if weights_sha256 != clip.weights_sha256:
+        hint = f"; it was made with {weights_option(weights)}" if weights else ""
+        raise PrtkInputError(f"{kind} was made for {model} with weights {weights_sha256[:12]}, not with weights "
+                             f"{clip.weights_sha256[:12]} ({weights_option(clip.weights)}){hint}")
+
+
+def weights_option(weights: dict) -> str:
+    """The model option that loads weights from ``weights`` (a ``LoadedClip.weights`` source record)."""
+    source = weights.get("source")
+    if source == "hub":
+        return f"--pretrained {weights.get('pretrained')}"
+    if source == "checkpoint":
+        return f"--checkpoint {weights.get('path')}"
+    if source == "random":
+        return f"--random-weights --seed {weights.get('seed')}"
+    if source == "built-in":
+        return "the shipped weights (no weights option)"
+    return "other weights"
+
+
 def register_builtin_configs() -> None:
     """Make prtk's built-in architectures (``prtk/model_configs/*.json``) known to open_clip."""
     config_dir = resources.files(BUILTIN_CONFIG_PACKAGE)
     _register_config_path(Path(str(config_dir)))
 
 
+def builtin_config_path(name: str) -> Path:
+    """The JSON config of built-in model ``name``."""
+    return Path(str(resources.files(BUILTIN_CONFIG_PACKAGE))) / f"{name}.json"
+
+
 def builtin_model_names() -> list[str]:
     config_dir = resources.files(BUILTIN_CONFIG_PACKAGE)
     return sorted(Path(str(p)).stem for p in config_dir.iterdir() if str(p).endswith(".json"))
+
+
+def known_model_names() -> list[str]:
+    """Every architecture ``--model`` accepts: open_clip's and the built-in ones."""
+    register_builtin_configs()
+    return import_open_clip().list_models()
 
 
 def builtin_checkpoint(name: str) -> Path | None:
@@ -83,11 +122,45 @@ def register_config_file(path: str | Path) -> str:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise PrtkInputError(f"model config {path} is not valid JSON: {error}") from None
-    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config]
+    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in config] if isinstance(
+        config, dict) else ["embed_dim", "vision_cfg", "text_cfg"]
     if missing:
         raise PrtkInputError(f"model config {path} lacks {', '.join(missing)}")
+    problem = config_problem(config)
+    if problem:
+        raise PrtkInputError(f"model config {path}: {problem}")
     _register_config_path(path)
     return path.stem
+
+
+def config_problem(config: dict) -> str | None:
+    """The first impossible value of an open_clip model config (naming its field), or None."""
+    vision, text = config["vision_cfg"], config["text_cfg"]
+    if not isinstance(vision, dict) or not isinstance(text, dict):
+        return "vision_cfg and text_cfg must be objects"
+    checks = [("embed_dim", config.get("embed_dim"), 1)]
+    checks += [(f"vision_cfg.{key}", vision.get(key, default), low) for key, default, low in (
+        ("layers", 12, 2), ("width", 768, 1), ("head_width", 64, 1), ("patch_size", 16, 1), ("image_size", 224, 1))]
+    checks += [(f"text_cfg.{key}", text.get(key, default), low) for key, default, low in (
+        ("layers", 12, 1), ("width", 512, 1), ("heads", 8, 1), ("context_length", 77, 1), ("vocab_size", 49408, 1))]
+    for field_name, value, low in checks:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            bound = "a whole number" + (f" >= {low}" if low > 1 else " > 0")
+            return f"{field_name} must be {bound}, got {json.dumps(value)}"
+    mlp_ratio = vision.get("mlp_ratio", 4.0)
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
+        return f"vision_cfg.mlp_ratio must be a number > 0, got {json.dumps(mlp_ratio)}"
+    image_size, patch_size = vision.get("image_size", 224), vision.get("patch_size", 16)
+    if vision.get("width", 768) % vision.get("head_width", 64):
+        return (f"vision_cfg.width {vision.get('width', 768)} is not divisible by vision_cfg.head_width "
+                f"{vision.get('head_width', 64)}")
+    if patch_size > image_size:
+        return f"vision_cfg.patch_size {patch_size} is larger than vision_cfg.image_size {image_size}"
+    if image_size % patch_size:
+        return f"vision_cfg.image_size {image_size} is not a multiple of vision_cfg.patch_size {patch_size}"
+    if text.get("width", 512) % text.get("heads", 8):
+        return f"text_cfg.width {text.get('width', 512)} is not divisible by text_cfg.heads {text.get('heads', 8)}"
+    return None
 
 
 def _register_config_path(path: Path) -> None:
@@ -194,7 +267,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # e.g. the pickle protocol notice; the one-line error says enough
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's message advises weights_only=False: never repeat it
+        raise PrtkInputError(f"cannot read checkpoint {path}: not a plain state dict of tensors "
+                             f"({_unpickler_detail(error)}); prtk never unpickles other objects: save the state "
+                             "dict alone, or as .safetensors") from None
     except Exception as error:  # any decoding failure is a bad file, reported in one line
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise PrtkInputError(f"cannot read checkpoint {path}: {first_line}") from None
@@ -203,6 +282,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PrtkInputError(f"checkpoint {path} does not hold a state dict of tensors")
     return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def _unpickler_detail(error: Exception) -> str:
+    """The weights-only unpickler's own reason (e.g. ``Unsupported global: GLOBAL builtins.print``)."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        tail = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        if tail:
+            return tail[0].split(" was not an allowed global")[0].split(". ")[0].rstrip(".")[:120]
+    return "unreadable pickle"
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
@@ -223,6 +313,10 @@ def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
                         f"in the checkpoint, {list(expected[key].shape)} in the model)")
     if problems:
         raise PrtkInputError(f"checkpoint {path} does not fit {name}: {'; '.join(problems)}")
+    broken = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise PrtkInputError(f"checkpoint {path} has NaN or infinite values in {len(broken)} tensors "
+                             f"(first: {broken[0]})")
     model.load_state_dict(state, strict=True)
 
 

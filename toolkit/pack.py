@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import PrtkInputError
-from .models import LoadedClip
+from .models import LoadedClip, check_made_for
 from .predictor import PredictorConfig, PredictorScorer, TokenRankPredictor
 from .pruning import PrunedVisionTower
 from .tagged_file import read_tagged, write_tagged
@@ -49,10 +49,7 @@ class RankerPack:
 
     def check_model(self, clip: LoadedClip) -> None:
         """Refuse a pack trained for another model or other weights."""
-        if self.meta["model"] != clip.name or self.meta["weights_sha256"] != clip.weights_sha256:
-            raise PrtkInputError(f"pack was trained for {self.meta['model']} with weights "
-                                 f"{self.meta['weights_sha256'][:12]}, not {clip.name} with weights "
-                                 f"{clip.weights_sha256[:12]}")
+        check_made_for("pack", self.meta["model"], self.meta["weights_sha256"], self.meta.get("weights"), clip)
 
     def build_predictor(self, clip: LoadedClip) -> TokenRankPredictor:
         predictor = TokenRankPredictor(clip.spec, PredictorConfig(**self.meta["predictor"]))

@@ -29,6 +29,20 @@ def check_keep(keep: float) -> None:
         raise PrtkInputError(f"keep ratio must be in (0, 1], got {keep}")
 
 
+def check_keeps(keeps: tuple[float, ...]) -> None:
+    """Several keep ratios: at least one, each in (0, 1], no two that name the same artifact (``keep0.60``)."""
+    if not keeps:
+        raise PrtkInputError("give at least one keep ratio")
+    named: dict[str, float] = {}
+    for keep in keeps:
+        check_keep(keep)
+        name = f"{keep:.2f}"
+        if name in named:
+            raise PrtkInputError(f"keep ratios {named[name]:g} and {keep:g} are one ratio to two decimals ({name}), "
+                                 "which names the tokens and exports: give distinct ratios")
+        named[name] = keep
+
+
 def check_layer(layer: int, spec: ViTSpec) -> None:
     if not (1 <= layer <= spec.layers - 1):
         raise PrtkInputError(f"layer must be in [1, {spec.layers - 1}] for a {spec.layers}-block ViT, got {layer}")

@@ -40,6 +40,9 @@ class QuickstartConfig:
     seed: int = 0
 
     def check(self) -> None:
+        from .pruning import check_keeps
+
+        check_keeps(self.keeps)
         if self.rank_images < 20 or self.eval_images < 10:
             raise PrtkInputError(f"quickstart needs at least 20 ranked and 10 evaluation images, got "
                                  f"{self.rank_images} and {self.eval_images}")
@@ -60,6 +63,10 @@ def run_quickstart(clip: LoadedClip, out_dir: str | Path, config: QuickstartConf
     if out.exists() and any(out.iterdir()):
         if not force:
             raise PrtkInputError(f"output folder {out} is not empty (pass --force to start over)")
+        stranger = next((entry for entry in sorted(out.iterdir()) if not _quickstart_entry(entry.name)), None)
+        if stranger is not None:
+            raise PrtkInputError(f"{out} holds {stranger.name}, which a quickstart does not write: --force empties "
+                                 "only an earlier quickstart's folder; choose a new or empty folder")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     started = time.perf_counter()
@@ -77,6 +84,16 @@ def run_quickstart(clip: LoadedClip, out_dir: str | Path, config: QuickstartConf
     write_json_atomic(out / "summary.json", summary)
     write_bytes_atomic(out / "summary.md", summary_markdown(summary).encode())
     return summary
+
+
+QUICKSTART_ENTRIES = ("data", "onnx", "validation", "ranking.prtk", "pack.prtk", "summary.json", "summary.md",
+                      "accuracy_vs_keep.png", "speedup_vs_keep.png", "kept_patches.png")
+
+
+def _quickstart_entry(name: str) -> bool:
+    """A name that a quickstart writes in its folder (its outputs, and the partial, lock and temporary files of
+    its ranking, pack and summaries)."""
+    return name in QUICKSTART_ENTRIES or any(name.startswith(f".{entry}.") for entry in QUICKSTART_ENTRIES)
 
 
 def _data(clip: LoadedClip, out: Path, config: QuickstartConfig, data_root, say: Say) -> tuple[Path, Path]:

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from . import __version__
-from .artifacts import check_writable, file_sha256, output_lock, prepare_run_folder, write_bytes_atomic
+from .artifacts import check_writable, output_lock, prepare_run_folder, read_run_part, write_bytes_atomic
 from .data import ImageFolderDataset, class_display_name
 from .errors import PrtkInputError
 from .models import LoadedClip
@@ -53,6 +53,7 @@ def ranking_metadata(clip: LoadedClip, dataset: ImageFolderDataset, tower: Prune
         "prtk_version": __version__,
         "model": clip.name,
         "weights_sha256": clip.weights_sha256,
+        "weights": clip.weights,
         "num_patches": clip.spec.num_patches,
         "layer": tower.layer,
         "score": config.score,
@@ -62,7 +63,7 @@ def ranking_metadata(clip: LoadedClip, dataset: ImageFolderDataset, tower: Prune
         "templates": list(DEFAULT_TEMPLATES),
         "data_root": str(dataset.root),
         "classes": dataset.classes,
-        "images": [{"path": dataset.relative_path(i), "sha256": file_sha256(record.path), "label": record.label}
+        "images": [{"path": dataset.relative_path(i), "sha256": dataset.sha256(i), "label": record.label}
                    for i, record in enumerate(dataset.records)],
     }
 
@@ -108,15 +109,14 @@ def rank_folder(clip: LoadedClip, data_root: str | Path, out: str | Path, config
         ranker = GoldenRanker(tower, score, config)
         chunks = [c for c in range(-(-len(dataset) // chunk)) if c % shard.count == shard.index]
         mine_total = sum(min(len(dataset), (c + 1) * chunk) - c * chunk for c in chunks)
-        results, completed = {}, 0
+        results = {c: _read_chunk(_chunk_path(partial, c)) for c in chunks if _chunk_path(partial, c).exists()}
+        completed = 0
         if progress is not None:
             progress(0, mine_total)
         for c in chunks:
             start, stop = c * chunk, min(len(dataset), (c + 1) * chunk)
             path = _chunk_path(partial, c)
-            if path.exists():
-                results[c] = _read_chunk(path)
-            else:
+            if c not in results:
                 images, labels = _load_images(dataset, start, stop)
                 ranked = ranker.rank(images.to(device), labels.to(device))
                 results[c] = {"order": ranked.order.int().cpu(), "scores": ranked.scores.float().cpu(),
@@ -145,7 +145,11 @@ def _write_chunk(path: Path, tensors: dict) -> None:
 def _read_chunk(path: Path) -> dict:
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    tensors = read_run_part(path, lambda where: load_file(str(where)))
+    if set(tensors) != set(TENSORS):
+        raise PrtkInputError(f"saved part of an interrupted run is unreadable: {path} (tensors "
+                             f"{', '.join(sorted(tensors))}); pass --force to discard the partial run and start over")
+    return tensors
 
 
 def _assemble(results: dict, meta: dict, shard: Shard, images: int, chunk: int) -> RankingFile:
@@ -180,4 +184,5 @@ def merge_rankings(files: list[RankingFile]) -> RankingFile:
         raise PrtkInputError(f"{len(missing)} images are in no shard (first: {files[0].images[missing[0]]['path']})")
     tensors = {name: torch.stack([by_row[row][0].tensors[name][by_row[row][1]] for row in sorted(by_row)])
                for name in TENSORS}
-    return RankingFile(tensors=tensors, meta=dict(identity))
+    weights = {"weights": files[0].meta["weights"]} if "weights" in files[0].meta else {}
+    return RankingFile(tensors=tensors, meta=dict(identity) | weights)

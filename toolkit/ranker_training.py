@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import __version__
-from .artifacts import check_writable, output_lock, prepare_run_folder
+from .artifacts import check_writable, load_torch_state, output_lock, prepare_run_folder
 from .clip_training import Normalizer
 from .data import class_display_name
 from .errors import PrtkInputError
@@ -38,7 +38,7 @@ from .models import LoadedClip
 from .pack import RankerPack, keep_key, save_pack
 from .predictor import (LOSSES, PredictorConfig, TokenRankPredictor, kendall_tau, predictor_cost, ranking_loss,
                         top_k_overlap)
-from .pruning import PrunedVisionTower, check_keep
+from .pruning import PrunedVisionTower, check_keeps
 from .ranking_file import RankingFile, load_ranking, rankings_for
 from .zeroshot import class_embeddings, zero_shot_logits
 
@@ -60,10 +60,7 @@ class TrainConfig:
     device: str = "cpu"
 
     def check(self) -> None:
-        if not self.keeps:
-            raise PrtkInputError("give at least one keep ratio")
-        for keep in self.keeps:
-            check_keep(keep)
+        check_keeps(self.keeps)
         if self.loss not in LOSSES:
             raise PrtkInputError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         for name in ("num_tokens", "predictor_epochs", "token_epochs"):
@@ -100,7 +97,7 @@ def ranked_images(clip: LoadedClip, ranking: RankingFile, data_root: str | Path,
     """Read the ranking's images from ``data_root`` (refusing changed ones) and compute their block-l tokens."""
     paths = [image["path"] for image in ranking.images]
     pixels, hashes = load_listed_images(data_root, paths, clip.spec.image_size)
-    orders = rankings_for(ranking, clip.name, clip.weights_sha256, paths, hashes).long()
+    orders = rankings_for(ranking, clip, paths, hashes).long()
     normalize = Normalizer(clip)
     tokens = torch.cat([tower.prefix(normalize(pixels[start:start + batch_size].to(device).float() / 255)).tokens
                         for start in range(0, len(pixels), batch_size)])
@@ -236,6 +233,8 @@ def train_pack(clip: LoadedClip, ranking_path: str | Path, data_root: str | Path
         run_key = {"model": clip.name, "weights_sha256": clip.weights_sha256, "ranking": ranking.identity(),
                    "config": asdict(config), "predictor": predictor_config.as_dict()}
         prepare_run_folder(partial, run_key, force and rank == 0)
+        for state in sorted(partial.glob("*.pt")):  # a corrupt saved epoch is reported before any training
+            load_torch_state(state)
 
         predictor_steps = config.predictor_epochs * -(-len(train_rows) // config.batch_size)
         token_steps = len(config.keeps) * config.token_epochs * -(-len(train_rows) // config.batch_size)
@@ -272,6 +271,7 @@ def train_pack(clip: LoadedClip, ranking_path: str | Path, data_root: str | Path
             tokens=tokens,
             meta={
                 "prtk_version": __version__, "model": clip.name, "weights_sha256": clip.weights_sha256,
+                "weights": clip.weights,
                 "layer": tower.layer, "num_patches": clip.spec.num_patches, "width": clip.spec.width,
                 "keep_ratios": list(config.keeps), "num_tokens": config.num_tokens,
                 "predictor": predictor_config.as_dict(),

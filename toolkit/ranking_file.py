@@ -33,8 +33,9 @@ class RankingFile:
         return self.meta["images"]
 
     def identity(self) -> dict:
-        """What the shards of one run share: everything but which rows each holds."""
-        return {key: value for key, value in self.meta.items() if key != "shard"}
+        """What the shards of one run share: everything but which rows each holds and where the weights were
+        read from (shards made on several machines name their own checkpoint paths; the hash must agree)."""
+        return {key: value for key, value in self.meta.items() if key not in ("shard", "weights")}
 
 
 def save_ranking(path: str | Path, ranking: RankingFile) -> None:
@@ -50,17 +51,16 @@ def load_ranking(path: str | Path) -> RankingFile:
     return RankingFile(tensors=tensors, meta=meta)
 
 
-def rankings_for(ranking: RankingFile, model: str, weights_sha256: str, relative_paths: list[str],
-                 file_hashes: list[str]) -> torch.Tensor:
+def rankings_for(ranking: RankingFile, clip, relative_paths: list[str], file_hashes: list[str]) -> torch.Tensor:
     """The ``order`` rows [I, N] for images given by relative path, after checking the file fits them.
 
     Refuses a ranking of another model or weights, and images the file does not hold or whose
     content changed since ranking.
     """
     meta = ranking.meta
-    if meta["model"] != model or meta["weights_sha256"] != weights_sha256:
-        raise PrtkInputError(f"ranking was made for {meta['model']} with weights {meta['weights_sha256'][:12]}, "
-                             f"not {model} with weights {weights_sha256[:12]}")
+    from .models import check_made_for
+
+    check_made_for("ranking", meta["model"], meta["weights_sha256"], meta.get("weights"), clip)
     rows = {image["path"]: (row, image["sha256"]) for row, image in enumerate(ranking.images)}
     selected = []
     for path, digest in zip(relative_paths, file_hashes, strict=True):

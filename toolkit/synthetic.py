@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .artifacts import check_writable_folder
 from .errors import PrtkInputError
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 230)}
@@ -89,8 +90,14 @@ def write_shapes_folder(out: str | Path, count: int, seed: int = 0, size: int = 
         raise PrtkInputError(f"count must be at least {len(CLASSES)} (one image per class), got {count}")
     if size < 16:
         raise PrtkInputError(f"image size must be at least 16, got {size}")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise PrtkInputError(f"output folder exists and is not empty: {out} (pass --force to replace it)")
+    check_writable_folder(out)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise PrtkInputError(f"output folder exists and is not empty: {out} (pass --force to replace it)")
+        stranger = _not_shapes(out)
+        if stranger is not None:
+            raise PrtkInputError(f"{out} holds {stranger}, which is not part of a shapes data set: "
+                                 "--force replaces only an earlier shapes folder; choose a new or empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o755)
@@ -102,3 +109,14 @@ def write_shapes_folder(out: str | Path, count: int, seed: int = 0, size: int = 
         shutil.rmtree(out)
     os.replace(staging, out)
     return out
+
+
+def _not_shapes(folder: Path) -> Path | None:
+    """The first entry of ``folder`` that a shapes data set would not hold (class folders of ``NNNNNN.png``)."""
+    for entry in sorted(folder.iterdir()):
+        if entry.name not in CLASSES or not entry.is_dir() or entry.is_symlink():
+            return entry
+        for image in sorted(entry.iterdir()):
+            if not (image.suffix == ".png" and image.stem.isdigit() and image.is_file() and not image.is_symlink()):
+                return image
+    return None

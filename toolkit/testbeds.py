@@ -22,7 +22,7 @@ from .clip_training import ClipTrainConfig, train_clip
 from .errors import PrtkInputError
 from .evaluation import EvalConfig, evaluate, resolve_device
 from .image_tensors import LabelledImages, generate_shapes, load_image_folder
-from .models import load_clip
+from .models import builtin_config_path, known_model_names, load_clip
 from .synthetic import HELD_OUT_SEED, TRAIN_SEED, write_shapes_folder
 
 SUBSET_IMAGES = 1000  # the fixed, evenly spaced subset whose accuracy tests reproduce
@@ -40,6 +40,7 @@ class TestbedRecipe:
     test_count: int = 0  # shapes only: generated held-out images
 
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 RECIPES = {
     "prtk-testbed-cifar10": TestbedRecipe("prtk-testbed-cifar10", "image-folder", epochs=10),
     "prtk-testbed-shapes": TestbedRecipe("prtk-testbed-shapes", "shapes", epochs=10, batch_size=128,
@@ -72,8 +73,13 @@ def build_testbed(name: str, out_dir: str | Path, *, train_dir: str | Path | Non
                   test_dir: str | Path | None = None, config: ClipTrainConfig | None = None,
                   train_count: int | None = None, test_count: int | None = None, work_dir: str | Path | None = None,
                   force: bool = False, command: str = "", device: str = "cpu", progress: ProgressFactory = _no_progress,
-                  on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train test bed ``name``; writes ``out_dir/<name>.safetensors`` and ``<name>.card.json``, returns the card.
+                  on_epoch: Callable[[dict], None] | None = None, model_name: str | None = None) -> dict:
+    """Train test bed ``name``; writes ``out_dir/<model>.safetensors`` and ``<model>.card.json``, returns the card.
+
+    ``model_name`` (default ``name``) names the result. It is required when a CIFAR-style test bed is trained on
+    folders whose classes are not CIFAR-10's, so that the weights are never taken for the shipped test bed's;
+    a result named otherwise also gets ``<model>.json``, the architecture as an open_clip config, and is loaded
+    with ``--model-config out_dir/<model>.json --checkpoint out_dir/<model>.safetensors``.
 
     CIFAR-style test beds read ImageFolders ``train_dir`` and ``test_dir``; the shapes test bed generates
     ``train_count`` training images (seed 0) and ``test_count`` held-out images (seed 1). ``work_dir``
@@ -83,10 +89,12 @@ def build_testbed(name: str, out_dir: str | Path, *, train_dir: str | Path | Non
     plan = recipe(name)
     torch_device = resolve_device(device)
     config = config or ClipTrainConfig(epochs=plan.epochs, batch_size=plan.batch_size)
+    model_name = _result_name(plan, train_dir, model_name)
     out_dir = Path(out_dir)
-    weights_path = check_writable(out_dir / f"{name}.safetensors", force)
-    card_path = check_writable(out_dir / f"{name}.card.json", force)
-    work_dir = Path(work_dir) if work_dir else out_dir / f".{name}.work"
+    weights_path = check_writable(out_dir / f"{model_name}.safetensors", force)
+    card_path = check_writable(out_dir / f"{model_name}.card.json", force)
+    config_path = None if model_name == name else check_writable(out_dir / f"{model_name}.json", force)
+    work_dir = Path(work_dir) if work_dir else out_dir / f".{model_name}.work"
     if force and work_dir.exists():
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -98,12 +106,16 @@ def build_testbed(name: str, out_dir: str | Path, *, train_dir: str | Path | Non
     with progress(f"train {name}", "step") as update:
         history = train_clip(clip, train, held_out, config, work_dir / "state.pt", progress=update,
                              on_epoch=on_epoch)
-    write_bytes_atomic(weights_path, fp16_safetensors(clip.model, name))
-
-    shipped = load_clip(name, checkpoint=weights_path)
+    write_bytes_atomic(weights_path, fp16_safetensors(clip.model, model_name))
+    if config_path is not None:
+        write_bytes_atomic(config_path, builtin_config_path(name).read_bytes())
+        shipped = load_clip(model_name, config=config_path, checkpoint=weights_path)
+    else:
+        shipped = load_clip(name, checkpoint=weights_path)
     accuracy = _measure(shipped, held_out_dir, config.seed, progress)
     card = {
-        "model": name,
+        "model": model_name,
+        "architecture": name,
         "prtk_version": __version__,
         "command": command,
         "weights": {"file": weights_path.name, "dtype": "float16", "bytes": weights_path.stat().st_size,
@@ -122,6 +134,24 @@ def build_testbed(name: str, out_dir: str | Path, *, train_dir: str | Path | Non
     write_json_atomic(card_path, card)
     shutil.rmtree(work_dir)
     return card
+
+
+def _result_name(plan: TestbedRecipe, train_dir, model_name: str | None) -> str:
+    """The trained model's name: ``model_name``, or the test bed's own when it is trained on its own data."""
+    if model_name is not None:
+        if not model_name or not all(c.isalnum() or c in "-_." for c in model_name):
+            raise PrtkInputError(f"--model-name must be letters, digits, '-', '_' or '.', got {model_name!r}")
+        if model_name != plan.name and model_name in known_model_names():
+            raise PrtkInputError(f"--model-name {model_name} is the name of a known model (see `prtk models`): "
+                                 "choose a name of your own")
+        return model_name
+    if plan.data == "image-folder" and train_dir is not None and Path(train_dir).is_dir():
+        classes = tuple(sorted(p.name for p in Path(train_dir).iterdir() if p.is_dir() and not p.name.startswith(".")))
+        if classes != CIFAR10_CLASSES:
+            raise PrtkInputError(f"{train_dir} is not CIFAR-10 (its classes: {', '.join(classes[:4])}"
+                                 f"{', ...' if len(classes) > 4 else ''}): pass --model-name NAME, so that the "
+                                 f"weights are not taken for {plan.name}'s")
+    return plan.name
 
 
 def _testbed_data(plan: TestbedRecipe, size: int, train_dir, test_dir, train_count, test_count, work_dir: Path,
