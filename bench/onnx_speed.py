@@ -3,8 +3,8 @@
     python bench/onnx_speed.py [--model ViT-B-16] [--batch 32] [--keep 0.6] [--layer 3] [--runs 5] [--json FILE]
 
 Exports both graphs with `prtk.export` (seeded random weights unless a weights option is given, the
-cls-attention scorer: speed does not depend on the weights), opens one ONNX Runtime session each, and alternates full / pruned runs so that machine
-noise hits both alike. Prints the medians and ``speedup X.XXx`` next to the cost-model bound.
+cls-attention scorer: speed does not depend on the weights), opens one ONNX Runtime session each, and
+alternates full / pruned runs so that machine noise hits both alike. Prints the medians and ``speedup X.XXx`` next to the cost-model bound.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
     python bench/pruning_speed.py [--model ViT-B-16] [--batch 32] [--keep 0.6] [--layer 3] [--runs 5] [--json FILE]
 
-Seeded random weights unless a weights option is given (speed does not depend on them). Runs alternate unpruned / pruned so that machine
-noise hits both alike; prints the medians and ``speedup X.XXx`` next to the cost-model bound.
+Seeded random weights unless a weights option is given (speed does not depend on them). Runs alternate
+unpruned / pruned so that machine noise hits both alike; prints the medians and ``speedup X.XXx`` next to the cost-model bound.
 """
 
 from __future__ import annotations

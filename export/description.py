@@ -1,15 +1,16 @@
 """Reading an export back: its sidecar checked for shape and types, and against the graph it describes.
 
-A sidecar is an editable file; the graph is what runs. ``read_export`` refuses a sidecar that lacks a key
-or has a wrong type, one that differs from the description embedded in the graph's ``metadata_props``,
-and a description that the graph itself contradicts (input name and shape, output names and shapes —
-``k`` of ``kept_indices`` — precision of the weights, L2 normalisation). What the graph is decides the
-precision that validation's thresholds come from.
+A sidecar is an editable file; the graph is what runs. ``check_sidecar_schema`` refuses a sidecar that lacks
+a key or has a wrong type; ``check_graph_matches`` one that differs from the description embedded in the
+graph's ``metadata_props``, and a description that the graph itself contradicts (input name and shape,
+output names and shapes — ``k`` of ``kept_indices`` — precision of the weights, L2 normalisation). What the
+graph is decides the precision that validation's thresholds come from.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def graph_facts(model: onnx.ModelProto) -> GraphFacts:
         raise PrtkInputError(f"graph has {len(model.graph.input)} inputs; a prtk export has one")
     large_float = [tensor.data_type for tensor in model.graph.initializer
                    if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
-                   and _elements(tensor) >= 1024]
+                   and math.prod(tensor.dims) >= 1024]
     fp16 = large_float.count(onnx.TensorProto.FLOAT16) > large_float.count(onnx.TensorProto.FLOAT)
     metadata = {entry.key: entry.value for entry in model.metadata_props}
     try:
@@ -104,13 +105,6 @@ def graph_facts(model: onnx.ModelProto) -> GraphFacts:
                       precision="fp16" if fp16 else "fp32",
                       l2_normalizes=any(node.op_type == "ReduceL2" for node in model.graph.node),
                       description=description)
-
-
-def _elements(tensor: onnx.TensorProto) -> int:
-    count = 1
-    for dim in tensor.dims:
-        count *= dim
-    return count
 
 
 def check_graph_matches(sidecar: dict, facts: GraphFacts, graph_path: Path, sidecar_path: Path) -> None:

@@ -27,6 +27,10 @@ def require_data(path: Path) -> None:
     pytest.skip(message)
 
 
+class SimulatedKill(BaseException):
+    """Raised from a progress callback or a patched OS call to stop a run as a kill would, mid-way."""
+
+
 def assert_one_line_error(result, *fragments):
     """Exit status 2 and one line on stderr, ``prtk <command>: error: ...``, holding every fragment."""
     assert result.exit_code == 2, (result.exit_code, result.output)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_one_line_error
+from conftest import SimulatedKill, assert_one_line_error
 from prtk.artifacts import output_lock
 from prtk.clip_training import Normalizer
 from prtk.image_tensors import generate_shapes
@@ -78,10 +78,6 @@ def test_rank_cli_writes_a_self_describing_file(run_cli, shapes64, tmp_path):
     assert all(len(image["sha256"]) == 64 for image in ranking.images)
     again = run_cli(*rank_args(shapes64, out))
     assert_one_line_error(again, "output exists")
-
-
-class SimulatedKill(Exception):
-    pass
 
 
 def test_resume_after_a_kill_gives_the_same_file(shapes64, tmp_path):

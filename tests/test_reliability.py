@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import assert_one_line_error, perturbed_copy
+from conftest import SimulatedKill, assert_one_line_error, perturbed_copy
 from prtk import artifacts
 from prtk.export.exporter import ExportConfig, export_models
 from prtk.models import builtin_checkpoint, load_clip
@@ -130,10 +130,6 @@ def test_keep_ratios_with_one_file_name_are_refused_before_writing(run_cli, tmp_
     assert_one_line_error(run_cli("export", "--model", SHAPES, "--keep", keeps, "--out", out),
                           "one ratio to two decimals (0.60)")
     assert not out.exists()
-
-
-class SimulatedKill(BaseException):
-    pass
 
 
 def test_a_kill_during_export_leaves_the_old_pair_or_the_new_pair(shapes_export, tmp_path, monkeypatch):

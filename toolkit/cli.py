@@ -27,8 +27,9 @@ class PrtkInputUsageError(click.ClickException):
         self.ctx = ctx
 
 
-class PrtkCommand(click.Command):
-    """A command whose ``PrtkInputError`` is reported as ``prtk <command>: error: ...`` (exit 2)."""
+class NamesItsInputErrors:
+    """Mixed into a click command or group: its ``PrtkInputError`` becomes a ``PrtkInputUsageError`` that
+    carries the command's context, reported as ``prtk <command>: error: ...`` (exit 2)."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -37,19 +38,17 @@ class PrtkCommand(click.Command):
             raise PrtkInputUsageError(str(error), ctx) from None
 
 
-class PrtkGroup(click.Group):
+class PrtkCommand(NamesItsInputErrors, click.Command):
+    """A command whose bad input is one line naming it."""
+
+
+class PrtkGroup(NamesItsInputErrors, click.Group):
     """A click group that reports usage and input errors in one line (exit 2) instead of a traceback.
 
     Its subcommands are ``PrtkCommand`` (and its subgroups ``PrtkGroup``), so every error names the command.
     """
 
     command_class = PrtkCommand
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except PrtkInputError as error:
-            raise PrtkInputUsageError(str(error), ctx) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
@@ -58,9 +57,6 @@ class PrtkGroup(click.Group):
             where = error.ctx.command_path if getattr(error, "ctx", None) else "prtk"
             click.echo(f"{where}: error: {error.format_message()}", err=True)
             code = error.exit_code
-        except PrtkInputError as error:
-            click.echo(f"prtk: error: {error}", err=True)
-            code = 2
         except click.exceptions.Abort:
             click.echo("prtk: aborted", err=True)
             code = 130

@@ -138,28 +138,33 @@ def config_problem(config: dict) -> str | None:
     vision, text = config["vision_cfg"], config["text_cfg"]
     if not isinstance(vision, dict) or not isinstance(text, dict):
         return "vision_cfg and text_cfg must be objects"
-    checks = [("embed_dim", config.get("embed_dim"), 1)]
-    checks += [(f"vision_cfg.{key}", vision.get(key, default), low) for key, default, low in (
-        ("layers", 12, 2), ("width", 768, 1), ("head_width", 64, 1), ("patch_size", 16, 1), ("image_size", 224, 1))]
-    checks += [(f"text_cfg.{key}", text.get(key, default), low) for key, default, low in (
-        ("layers", 12, 1), ("width", 512, 1), ("heads", 8, 1), ("context_length", 77, 1), ("vocab_size", 49408, 1))]
-    for field_name, value, low in checks:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    lowest = {"embed_dim": 1}  # field -> smallest whole number allowed; values as open_clip reads them (defaults)
+    value = {"embed_dim": config.get("embed_dim")}
+    for section, fields in (("vision_cfg", {"layers": (12, 2), "width": (768, 1), "head_width": (64, 1),
+                                            "patch_size": (16, 1), "image_size": (224, 1)}),
+                            ("text_cfg", {"layers": (12, 1), "width": (512, 1), "heads": (8, 1),
+                                          "context_length": (77, 1), "vocab_size": (49408, 1)})):
+        for key, (default, low) in fields.items():
+            value[f"{section}.{key}"] = config[section].get(key, default)
+            lowest[f"{section}.{key}"] = low
+    for field_name, low in lowest.items():
+        if isinstance(value[field_name], bool) or not isinstance(value[field_name], int) or value[field_name] < low:
             bound = "a whole number" + (f" >= {low}" if low > 1 else " > 0")
-            return f"{field_name} must be {bound}, got {json.dumps(value)}"
+            return f"{field_name} must be {bound}, got {json.dumps(value[field_name])}"
     mlp_ratio = vision.get("mlp_ratio", 4.0)
     if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
         return f"vision_cfg.mlp_ratio must be a number > 0, got {json.dumps(mlp_ratio)}"
-    image_size, patch_size = vision.get("image_size", 224), vision.get("patch_size", 16)
-    if vision.get("width", 768) % vision.get("head_width", 64):
-        return (f"vision_cfg.width {vision.get('width', 768)} is not divisible by vision_cfg.head_width "
-                f"{vision.get('head_width', 64)}")
+    if value["vision_cfg.width"] % value["vision_cfg.head_width"]:
+        return (f"vision_cfg.width {value['vision_cfg.width']} is not divisible by vision_cfg.head_width "
+                f"{value['vision_cfg.head_width']}")
+    image_size, patch_size = value["vision_cfg.image_size"], value["vision_cfg.patch_size"]
     if patch_size > image_size:
         return f"vision_cfg.patch_size {patch_size} is larger than vision_cfg.image_size {image_size}"
     if image_size % patch_size:
         return f"vision_cfg.image_size {image_size} is not a multiple of vision_cfg.patch_size {patch_size}"
-    if text.get("width", 512) % text.get("heads", 8):
-        return f"text_cfg.width {text.get('width', 512)} is not divisible by text_cfg.heads {text.get('heads', 8)}"
+    if value["text_cfg.width"] % value["text_cfg.heads"]:
+        return (f"text_cfg.width {value['text_cfg.width']} is not divisible by text_cfg.heads "
+                f"{value['text_cfg.heads']}")
     return None
 
 
@@ -187,13 +192,12 @@ def load_clip(
     weights (a test bed) loads those.
     """
     open_clip = import_open_clip()
-    register_builtin_configs()
     if config is not None:
         config_name = register_config_file(config)
         if name and name != config_name:
             raise PrtkInputError(f"--model {name} does not match --model-config {config} (its name is {config_name})")
         name = config_name
-    if not name or name not in open_clip.list_models():
+    if not name or name not in known_model_names():
         raise PrtkInputError(f"unknown model {name!r}: run `prtk models` for the known names "
                              "or pass --model-config FILE")
     sources = [s for s, given in (("--pretrained", pretrained), ("--checkpoint", checkpoint),

@@ -20,6 +20,7 @@ from .artifacts import write_bytes_atomic, write_json_atomic
 from .errors import PrtkInputError
 from .models import LoadedClip
 from .pack import RankerPack
+from .pruning import check_keeps
 from .synthetic import HELD_OUT_SEED
 
 RANKING_SEED = 2  # generated shapes images for ranking: neither the test bed's training split nor the held-out one
@@ -40,8 +41,6 @@ class QuickstartConfig:
     seed: int = 0
 
     def check(self) -> None:
-        from .pruning import check_keeps
-
         check_keeps(self.keeps)
         if self.rank_images < 20 or self.eval_images < 10:
             raise PrtkInputError(f"quickstart needs at least 20 ranked and 10 evaluation images, got "

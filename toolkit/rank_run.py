@@ -145,11 +145,13 @@ def _write_chunk(path: Path, tensors: dict) -> None:
 def _read_chunk(path: Path) -> dict:
     from safetensors.torch import load_file
 
-    tensors = read_run_part(path, lambda where: load_file(str(where)))
-    if set(tensors) != set(TENSORS):
-        raise PrtkInputError(f"saved part of an interrupted run is unreadable: {path} (tensors "
-                             f"{', '.join(sorted(tensors))}); pass --force to discard the partial run and start over")
-    return tensors
+    def read(where: Path) -> dict:
+        tensors = load_file(str(where))
+        if set(tensors) != set(TENSORS):
+            raise ValueError(f"tensors {', '.join(sorted(tensors))}, not {', '.join(TENSORS)}")
+        return tensors
+
+    return read_run_part(path, read)
 
 
 def _assemble(results: dict, meta: dict, shard: Shard, images: int, chunk: int) -> RankingFile:
