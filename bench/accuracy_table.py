@@ -16,11 +16,11 @@ test split.
 from __future__ import annotations
 
 from bench_cli import add_json_arguments, add_model_arguments, check_json, load_model, parser_for, run, write_json
-from prtk.cli import parse_keeps
-from prtk.console import print_table
-from prtk.evaluation import EvalConfig, evaluate
-from prtk.pack import load_pack
-from prtk.pruning import check_keeps
+from prtk.cli.base import parse_keeps
+from prtk.core.console import print_table
+from prtk.evaluation.accuracy import EvalConfig, evaluate
+from prtk.predictor.pack import load_pack
+from prtk.pruning.tower import check_keeps
 
 
 def methods(pack: str, ranking: str) -> list[tuple[str, dict]]:
@@ -56,12 +56,12 @@ def main() -> None:
     for keep in keeps:
         for label, fields in methods(args.pack, args.ranking):
             report = evaluate(clip, args.data, EvalConfig(keep=keep, layer=pack.layer, limit=args.limit, **fields))
-            table["top1"].setdefault("unpruned", {})[f"{keep:g}"] = report["results"]["unpruned"]["top1"]
-            table["top1"].setdefault(label, {})[f"{keep:g}"] = report["results"]["pruned"]["top1"]
+            table["top1"].setdefault("unpruned", {})[f"{keep:g}"] = report.unpruned.top1
+            table["top1"].setdefault(label, {})[f"{keep:g}"] = report.pruned.top1
             if label == "predictor + tokens":
-                table["gflops"][f"{keep:g}"] = report["results"]["pruned"]["gflops"]
-                table["unpruned_gflops"] = report["results"]["unpruned"]["gflops"]
-            table["images"] = report["data"]["images"]
+                table["gflops"][f"{keep:g}"] = report.pruned.gflops
+                table["unpruned_gflops"] = report.unpruned.gflops
+            table["images"] = report.images
     rows = [[label] + [f"{table['top1'][label][f'{k:g}']:.2f}" for k in keeps]
             for label in table["top1"]]
     rows.append([f"GFLOPs (unpruned {table['unpruned_gflops']:.4f})"] + [f"{table['gflops'][f'{k:g}']:.4f}"

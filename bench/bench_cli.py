@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from prtk.errors import PrtkInputError
+from prtk.core.errors import PrtkInputError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -65,14 +65,14 @@ def add_json_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_json(args: argparse.Namespace) -> None:
     """Refuse an unwritable or existing (without ``--force``) ``--json`` file before any work."""
-    from prtk.artifacts import check_writable
+    from prtk.core.files import check_writable
 
     if args.json_path:
         check_writable(args.json_path, args.force)
 
 
 def write_json(args: argparse.Namespace, document: dict) -> None:
-    from prtk.artifacts import write_json_atomic
+    from prtk.core.files import write_json_atomic
 
     if args.json_path:
         write_json_atomic(args.json_path, document)

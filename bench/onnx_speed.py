@@ -16,7 +16,7 @@ import onnxruntime
 
 from bench_cli import check_json, load_model, run
 from prtk.export.exporter import ExportConfig, export_models
-from prtk.pruning import keep_count
+from prtk.pruning.tower import keep_count
 from speed_report import report_speedup, seconds, speed_arguments
 
 

@@ -11,19 +11,18 @@ from __future__ import annotations
 import torch
 
 from bench_cli import check_json, load_model, run
-from prtk.pruning import PrunedVisionTower
-from prtk.scorers import make_scorer
+from prtk.pruning.spec import BASELINE_SCORERS, TowerSpec, build_tower
 from speed_report import report_speedup, seconds, speed_arguments
 
 
 def main() -> None:
     parser = speed_arguments(__doc__)
-    parser.add_argument("--scorer", default="cls-attention")
+    parser.add_argument("--scorer", default="cls-attention", choices=BASELINE_SCORERS)
     args = parser.parse_args()
     check_json(args)
 
     clip = load_model(args, random_by_default=True)
-    tower = PrunedVisionTower(clip.visual, args.keep, args.layer, make_scorer(args.scorer))
+    tower = build_tower(clip, TowerSpec(keep=args.keep, scorer=args.scorer, layer=args.layer))
     size = clip.spec.image_size
     images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     times = {"unpruned": [], "pruned": []}

@@ -21,10 +21,10 @@ import time
 import torch
 
 from bench_cli import add_json_arguments, add_model_arguments, check_json, load_model, parser_for, run, write_json
-from prtk.allocator import reuse_freed_memory
+from prtk.core.allocator import reuse_freed_memory
 from prtk.models import load_clip
-from prtk.pruning import PrunedVisionTower
-from prtk.ranking import CandidateScore, GoldenRanker, RankingConfig, naive_ranking
+from prtk.pruning.tower import PrunedVisionTower
+from prtk.ranking.search import CandidateScore, GoldenRanker, RankingConfig, naive_ranking
 
 CLASSES = 10
 

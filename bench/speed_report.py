@@ -7,8 +7,8 @@ import statistics
 import time
 from typing import Callable
 
-from prtk.flops import block_cost_ratio, vision_macs
-from prtk.vit import ViTSpec
+from prtk.pruning.cost import block_cost_ratio, vision_macs
+from prtk.models.vit import ViTSpec
 
 from bench_cli import add_json_arguments, add_model_arguments, parser_for, write_json
 

@@ -1,1 +1,2 @@
-"""prtk.engines: TensorRT engines and backend-neutral runners (torch, onnxruntime, tensorrt)."""
+"""Stage 7, ``prtk.engines``: TensorRT engines, backend-neutral runners (torch, ONNX Runtime, TensorRT),
+benchmarks, and validation of a deployed artifact against its PyTorch reference."""

@@ -12,16 +12,16 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
-from prtk.errors import PrtkInputError
-from prtk.flops import block_cost_ratio
+from prtk.core.errors import PrtkInputError
+from prtk.pruning.cost import block_cost_ratio
 from prtk.models import LoadedClip
-from prtk.pruning import check_keeps, default_layer
+from prtk.pruning.tower import check_keeps, default_layer
 
 from .runners import OnnxRuntimeRunner, Runner, TensorRTRunner, TorchRunner
 
@@ -68,6 +68,39 @@ class BenchConfig:
             raise PrtkInputError("warm-up must be >= 0, iterations >= 1 and seconds >= 0")
 
 
+@dataclass
+class BenchRow:
+    """One case: latency (ms) over ``iterations`` timed runs, images/s, GFLOPs per image, and the speedup over the
+    unpruned tower (``keep`` None) on the same backend and batch beside the cost-model bound."""
+
+    backend: str
+    keep: float | None
+    batch: int
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    images_per_s: float
+    iterations: int
+    gflops: float
+    speedup: float = 1.0
+    bound: float = 1.0
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Every row of one ``run_bench``, unpruned first per backend."""
+
+    model: str
+    device: str
+    precision: str
+    rows: list[BenchRow]
+
+    def as_dict(self) -> dict:
+        """The ``--json`` document."""
+        return {"model": self.model, "device": self.device, "precision": self.precision,
+                "rows": [asdict(row) for row in self.rows]}
+
+
 def time_runners(runners: dict, images: torch.Tensor, timing: Timing) -> dict:
     """Latency statistics (milliseconds) of each runner's ``infer`` on ``images``, timed round-robin (one run of
     each per round) so that machine noise hits all alike; inputs are placed before timing starts."""
@@ -106,9 +139,10 @@ def _time_once(runner: Runner, prepared) -> float:
 
 
 def run_bench(clip: LoadedClip, config: BenchConfig,
-              progress: Callable[[int, int], None] | None = None) -> list[dict]:
+              progress: Callable[[int, int], None] | None = None) -> BenchResult:
     """One row per (backend, keep, batch), the unpruned tower (keep None) first on each backend."""
-    from prtk.export.exporter import ExportConfig, deployed_tower, describe, export_models, load_export_pack
+    from prtk.export.artifact import describe
+    from prtk.export.exporter import ExportConfig, deployed_tower, export_models, load_export_pack
 
     config.check()
     if "tensorrt" in config.backends:
@@ -136,13 +170,13 @@ def run_bench(clip: LoadedClip, config: BenchConfig,
             runners = {keep: _runner(backend, clip, export, pack, keep, exported, config) for keep in targets}
             for batch, images in inputs.items():
                 for keep, stats in time_runners(runners, images, config.timing).items():
-                    rows.append({"backend": backend, "keep": keep, "batch": batch, **stats, "gflops": gflops[keep]})
+                    rows.append(BenchRow(backend, keep, batch, **stats, gflops=gflops[keep]))
                 if progress is not None:
                     progress(len(rows), total)
             del runners
-    rows.sort(key=lambda row: (config.backends.index(row["backend"]), targets.index(row["keep"]), row["batch"]))
-    _add_speedups(rows, clip, targets, pack, export)
-    return rows
+    rows.sort(key=lambda row: (config.backends.index(row.backend), targets.index(row.keep), row.batch))
+    _add_speedups(rows, clip, pack, export)
+    return BenchResult(clip.name, config.device, config.precision, rows)
 
 
 def _runner(backend: str, clip, export, pack, keep, exported: dict, config: BenchConfig) -> Runner:
@@ -160,11 +194,10 @@ def _runner(backend: str, clip, export, pack, keep, exported: dict, config: Benc
     return TensorRTRunner(engine, config.device if config.device != "cpu" else "cuda")
 
 
-def _add_speedups(rows: list[dict], clip: LoadedClip, targets, pack, export) -> None:
-    full = {(row["backend"], row["batch"]): row["median_ms"] for row in rows if row["keep"] is None}
+def _add_speedups(rows: list[BenchRow], clip: LoadedClip, pack, export) -> None:
+    full = {(row.backend, row.batch): row.median_ms for row in rows if row.keep is None}
     layer = pack.layer if pack is not None else (export.layer or default_layer(clip.spec))
     tokens = pack.num_tokens if pack is not None and export.tokens else 0
     for row in rows:
-        row["speedup"] = full[(row["backend"], row["batch"])] / row["median_ms"]
-        row["bound"] = 1.0 if row["keep"] is None else 1 / block_cost_ratio(clip.spec, row["keep"], layer, tokens)
-
+        row.speedup = full[(row.backend, row.batch)] / row.median_ms
+        row.bound = 1.0 if row.keep is None else 1 / block_cost_ratio(clip.spec, row.keep, layer, tokens)

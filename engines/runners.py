@@ -15,15 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from prtk.errors import PrtkInputError
-
-GPU_HINT = 'pip install "prtk[gpu]" on a machine with an NVIDIA GPU'
-
-
-def onnxruntime_optimization(precision: str) -> str:
-    """The ONNX Runtime optimisation level for a graph of ``precision``: ``all``, but ``extended`` below fp32
-    (ONNX Runtime 1.32's CPU layout optimisations crash on fp16 graphs)."""
-    return "all" if precision == "fp32" else "extended"
+from prtk.core.errors import PrtkInputError
+from prtk.export.onnxruntime_session import open_session
 
 
 class Runner:
@@ -87,23 +80,9 @@ class OnnxRuntimeRunner(Runner):
     """An ONNX file in an ONNX Runtime session: ``provider`` cpu, cuda or tensorrt (as installed)."""
 
     name = "onnxruntime"
-    PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                 "tensorrt": "TensorrtExecutionProvider"}
 
     def __init__(self, path: str | Path, provider: str = "cpu", optimization: str = "all"):
-        import onnxruntime
-
-        if provider not in self.PROVIDERS:
-            raise PrtkInputError(f"ONNX Runtime provider must be one of {', '.join(self.PROVIDERS)}, got {provider!r}")
-        wanted = self.PROVIDERS[provider]
-        if wanted not in onnxruntime.get_available_providers():
-            raise PrtkInputError(f"ONNX Runtime {onnxruntime.__version__} here has no {wanted} "
-                                 f"(available: {', '.join(onnxruntime.get_available_providers())}); {GPU_HINT}")
-        options = onnxruntime.SessionOptions()
-        if optimization == "extended":
-            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        providers = [wanted] + (["CPUExecutionProvider"] if provider != "cpu" else [])
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        self.session = open_session(path, provider, optimization)
         self.device = "cpu" if provider == "cpu" else "cuda"
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]

@@ -8,15 +8,15 @@ in fp32 (precision constraints obeyed), and a timing cache beside the engine is 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
-from prtk.artifacts import check_writable, write_bytes_atomic, write_json_atomic
-from prtk.errors import PrtkInputError
-
-from .runners import GPU_HINT
+from prtk.core.files import check_not_an_input, check_writable, write_bytes_atomic, write_json_atomic
+from prtk.core.errors import PrtkInputError
+from prtk.export.onnxruntime_session import GPU_HINT
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -65,6 +65,30 @@ def engine_path(onnx_path: Path, precision: str) -> Path:
     """``model_keep0.60.onnx`` -> ``model_keep0.60_fp16.engine`` beside it (``model_keep0.60_fp16.onnx`` ->
     ``model_keep0.60_fp16_fp16.engine``, so that the engine's sidecar never replaces the ONNX's)."""
     return onnx_path.with_name(f"{onnx_path.stem}_{precision}.engine")
+
+
+def engine_sources(target: str | Path, precision: str, force: bool) -> list[Path]:
+    """The ONNX files to build from ``target`` (a file, or every ``.onnx`` in a folder), after refusing engine
+    outputs that exist without ``force`` or would replace an input."""
+    target = Path(target)
+    sources = sorted(target.glob("*.onnx")) if target.is_dir() else [target]
+    if not sources or not all(path.is_file() for path in sources):
+        raise PrtkInputError(f"no ONNX file at {target}")
+    for source in sources:
+        engine = engine_path(source, precision)
+        for output in (engine, engine.with_suffix(".json")):
+            check_not_an_input(output, {"ONNX": source, "ONNX sidecar": source.with_suffix(".json")})
+            check_writable(output, force)
+    return sources
+
+
+def build_engines(sources: list[Path], config: EngineConfig, force: bool = False) -> Iterator[Path]:
+    """Build one engine per ONNX file in ``sources``, sharing one timing cache (default ``timing.cache`` beside
+    the first); yields each engine's path as it is written. Needs TensorRT and a GPU."""
+    require_tensorrt()
+    cache = config.timing_cache or str(sources[0].parent / "timing.cache")
+    for source in sources:
+        yield build_engine(source, replace(config, timing_cache=cache), force)
 
 
 def build_engine(onnx_path: str | Path, config: EngineConfig, force: bool = False) -> Path:

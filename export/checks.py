@@ -10,6 +10,7 @@ import onnx
 import torch
 
 from .deployed import DeployedTower
+from .onnxruntime_session import onnxruntime_optimization, open_session, run_session
 from .tensorrt_readiness import tensorrt_findings
 
 
@@ -58,13 +59,11 @@ def check_tensorrt_readiness(model: onnx.ModelProto) -> CheckResult:
 def check_runtime(path: Path, reference: DeployedTower, images: torch.Tensor, tolerance: Tolerance) -> CheckResult:
     """Run the ONNX file in ONNX Runtime (CPU) on ``images`` [n,3,H,W] and on the first image alone (batch 1),
     and compare every output with the PyTorch module's."""
-    from prtk.engines.runners import OnnxRuntimeRunner, onnxruntime_optimization
-
-    runner = OnnxRuntimeRunner(path, optimization=onnxruntime_optimization(tolerance.precision))
+    session = open_session(path, optimization=onnxruntime_optimization(tolerance.precision))
     with torch.inference_mode():
         expected = [output.numpy() for output in reference(images)]
     worst_diff, agreement = 0.0, 1.0
-    for actual in (runner(images), runner(images[:1])):
+    for actual in (run_session(session, images.numpy()), run_session(session, images[:1].numpy())):
         for name, want in zip(reference.output_names, expected, strict=True):
             got = actual[name]
             want = want[:len(got)]
@@ -84,16 +83,16 @@ def load_check_images(preprocess, image_size: int, data_root: str | Path | None,
                       count: int) -> tuple[torch.Tensor, str]:
     """``count`` preprocessed images ``[count,3,H,W]`` for the runtime check, evenly spaced over an ImageFolder,
     or generated shapes images without one; and a description of where they came from."""
-    from prtk.errors import PrtkInputError
+    from prtk.core.errors import PrtkInputError
 
     if count < 1:
         raise PrtkInputError(f"check images must be at least 1, got {count}")
     if data_root is None:
-        from prtk.synthetic import shape_images
+        from prtk.data.synthetic import shape_images
 
         images = [preprocess(image) for image, _ in shape_images(count, seed=1, size=max(64, image_size))]
         return torch.stack(images), f"{count} generated shapes images"
-    from prtk.data import ImageFolderDataset
+    from prtk.data.folder import ImageFolderDataset
 
     dataset = ImageFolderDataset(data_root, preprocess, image_size, limit=count)
     items = [dataset[i] for i in range(len(dataset))]

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prtk.pruning import PrunedVisionTower
+from prtk.pruning.tower import PrunedVisionTower
 
 INPUT_NAME = "images"
 

@@ -3,7 +3,7 @@
 Per keep ratio: build the pruned tower (a pack's predictor and tokens, or a baseline scorer), wrap it as
 ``DeployedTower``, trace it, fold it, describe it (``metadata_props`` and a ``.json`` sidecar), write it to a
 staging folder, run the checks on it, then move graph and sidecar into place together
-(``artifacts.commit_together``). Nothing in a graph depends on the time or the machine: equal inputs, equal
+(``prtk.core.files.commit_together``). Nothing in a graph depends on the time or the machine: equal inputs, equal
 bytes.
 """
 
@@ -11,27 +11,26 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from prtk import __version__
-from prtk.artifacts import (check_not_an_input, check_writable, commit_together, file_sha256, finish_commits,
+from prtk.core.files import (check_not_an_input, check_writable, commit_together, finish_commits,
                             write_json_atomic)
-from prtk.errors import PrtkInputError
-from prtk.flops import block_cost_ratio, gflops, vision_macs
+from prtk.core.errors import PrtkInputError
 from prtk.models import LoadedClip
-from prtk.pruning import PrunedVisionTower, check_keeps
+from prtk.pruning.spec import EXPORTABLE_BASELINES, TowerSpec, build_tower
+from prtk.pruning.tower import check_keeps
 
+from .artifact import describe
 from .checks import CheckResult, Tolerance, check_onnx, check_runtime, check_tensorrt_readiness
 from .deployed import INPUT_NAME, DeployedTower
-from .onnx_graph import BATCH, PROTOBUF_LIMIT, annotate, fold_constants, save_model, tidy, trace
+from .onnx_graph import PROTOBUF_LIMIT, annotate, fold_constants, save_model, tidy, trace
 
-FORMAT = "prtk-onnx/1"
 MIN_OPSET = 17  # LayerNormalization as one op
-BASELINE_SCORERS = ("cls-attention", "fixed-random")
 
 
 def max_opset() -> int:
@@ -65,11 +64,14 @@ class ExportConfig:
         if not MIN_OPSET <= self.opset <= max_opset():
             raise PrtkInputError(f"opset must be in [{MIN_OPSET}, {max_opset()}] (LayerNormalization needs "
                                  f"{MIN_OPSET}; {max_opset()} is the newest this torch exports), got {self.opset}")
-        if self.pack is None and self.scorer not in BASELINE_SCORERS:
-            raise PrtkInputError(f"scorer must be one of {', '.join(BASELINE_SCORERS)} without --pack, "
+        if self.pack is None and self.scorer not in EXPORTABLE_BASELINES:
+            raise PrtkInputError(f"scorer must be one of {', '.join(EXPORTABLE_BASELINES)} without --pack, "
                                  f"got {self.scorer!r}")
-        if self.pack is not None and self.layer is not None:
-            raise PrtkInputError("--layer is for baseline scorers; a pack prunes at its own layer")
+
+    def tower_spec(self, keep: float) -> TowerSpec:
+        """The pruned tower exported at ``keep``."""
+        return TowerSpec(keep=keep, scorer="predictor" if self.pack is not None else self.scorer, layer=self.layer,
+                         tokens=self.tokens, seed=self.seed)
 
     @property
     def precision(self) -> str:
@@ -88,6 +90,10 @@ class ExportRecord:
     @property
     def passed(self) -> bool:
         return all(check.passed for check in self.checks)
+
+    def as_dict(self) -> dict:
+        """The sidecar with the graph's path, as ``--json`` writes it."""
+        return self.meta | {"path": str(self.path)}
 
 
 def export_name(model: str, keep: float | None, precision: str) -> str:
@@ -134,7 +140,7 @@ def check_export_outputs(model: str, config: ExportConfig, out_dir: str | Path, 
 def deployed_tower(clip: LoadedClip, config: ExportConfig, pack, keep: float | None,
                    classifier: torch.Tensor | None = None) -> DeployedTower:
     """The module exported for ``keep`` (None: the unpruned tower), as ``config`` and ``pack`` describe it."""
-    tower = clip.visual if keep is None else _pruned_tower(clip, config, pack, keep)
+    tower = clip.visual if keep is None else build_tower(clip, config.tower_spec(keep), pack)
     return DeployedTower(tower, config.normalize, classifier, _logit_scale(clip), config.kept_indices).eval()
 
 
@@ -142,25 +148,15 @@ def load_export_pack(clip: LoadedClip, config: ExportConfig):
     """``config.pack`` read and checked against ``clip`` (None without a pack)."""
     if config.pack is None:
         return None
-    from prtk.pack import load_pack
+    from prtk.predictor.pack import load_pack
 
     pack = load_pack(config.pack)
     pack.check_model(clip)
     return pack
 
 
-def _pruned_tower(clip: LoadedClip, config: ExportConfig, pack, keep: float) -> PrunedVisionTower:
-    from prtk.scorers import ClsAttentionScorer, FixedRandomScorer
-
-    if pack is not None:
-        return pack.tower(clip, keep, config.tokens)
-    scorer = (ClsAttentionScorer() if config.scorer == "cls-attention"
-              else FixedRandomScorer(clip.spec.num_patches, config.seed))
-    return PrunedVisionTower(clip.visual, keep, config.layer, scorer).requires_grad_(False)
-
-
 def _classifier(clip: LoadedClip, classes: tuple[str, ...]) -> torch.Tensor | None:
-    from prtk.zeroshot import class_embeddings
+    from prtk.models.zeroshot import class_embeddings
 
     if not classes:
         return None
@@ -204,56 +200,6 @@ def _export_one(clip: LoadedClip, config: ExportConfig, module: DeployedTower, p
         path.with_name(path.name + ".data").unlink(missing_ok=True)  # an earlier export's weights
     shutil.rmtree(staging)
     return ExportRecord(path=path, files=files, meta=sidecar, checks=checks)
-
-
-def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack, keep: float | None) -> dict:
-    """What an application needs to feed the graph and what validation needs to match it to its reference."""
-    spec = clip.spec
-    tower = module.tower
-    pruned = isinstance(tower, PrunedVisionTower)
-    tokens = tower.num_learnable_tokens if pruned else 0
-    layer = tower.layer if pruned else None
-    preprocess = clip.preprocess_config
-    outputs = [{"name": "embedding", "shape": [BATCH, spec.output_dim], "dtype": "float32",
-                "l2_normalized": config.normalize}]
-    if module.classifier is not None:
-        outputs.append({"name": "logits", "shape": [BATCH, len(config.classes)], "dtype": "float32",
-                        "classes": list(config.classes), "logit_scale": module.logit_scale})
-    if module.kept_indices:
-        outputs.append({"name": "kept_indices", "shape": [BATCH, tower.keep_count], "dtype": "int64",
-                        "meaning": "kept patch indices, row-major over the patch grid, CLS excluded, ascending"})
-    macs = vision_macs(spec, keep, layer, tokens) if pruned else vision_macs(spec)
-    if pack is not None and pruned:
-        from prtk.predictor import predictor_macs
-
-        macs += predictor_macs(spec, tower.scorer.predictor.config)
-    return {
-        "format": FORMAT,
-        "prtk_version": __version__,
-        "model": clip.name,
-        "weights": clip.weights | {"sha256": clip.weights_sha256},
-        "architecture": spec.as_dict(),
-        "pruning": None if not pruned else {
-            "scorer": "predictor" if pack is not None else config.scorer,
-            "seed": config.seed if config.scorer == "fixed-random" and pack is None else None,
-            "layer": layer, "keep": keep, "keep_count": tower.keep_count, "num_learnable_tokens": tokens,
-            "block_cost_ratio": block_cost_ratio(spec, keep, layer, tokens),
-        },
-        "pack": None if pack is None else {"sha256": file_sha256(config.pack), "ranking": pack.meta.get("ranking"),
-                                           "training_data": pack.meta.get("training_data")},
-        "gflops": gflops(macs),
-        "precision": config.precision,
-        "opset": config.opset,
-        "input": {"name": INPUT_NAME, "shape": [BATCH, 3, spec.image_size, spec.image_size], "dtype": "float32",
-                  "layout": "NCHW", "color": "RGB", "scale": "pixel / 255, then (x - mean) / std per channel",
-                  "mean": list(preprocess.get("mean", ())), "std": list(preprocess.get("std", ())),
-                  "resize": {"size": spec.image_size, "mode": preprocess.get("resize_mode", "shortest"),
-                             "interpolation": preprocess.get("interpolation", "bicubic"),
-                             "crop": "center"}},
-        "outputs": outputs,
-        "export": {key: value for key, value in asdict(config).items()
-                   if key in ("normalize", "kept_indices", "tokens", "opset", "fp16")},
-    }
 
 
 def read_class_names(path: str | Path) -> tuple[str, ...]:

@@ -1,4 +1,5 @@
-"""From a torch module to a clean, deterministic ONNX graph: trace, fold, tidy, annotate, save.
+"""From a torch module to a clean, deterministic ONNX graph: trace, fold, tidy, annotate, save; and back: what a
+saved graph is (``graph_facts``: its input, outputs, precision, normalisation and embedded description).
 
 The graph is traced with torch's TorchScript-based exporter at a fixed opset (LayerNormalization is one
 op from opset 17), constant-folded with onnx-graphsurgeon (shape arithmetic on static dimensions
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import math
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +24,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from prtk.artifacts import write_bytes_atomic
+from prtk.core.errors import PrtkInputError
+from prtk.core.files import write_bytes_atomic
 
 BATCH = "batch"
 INT32 = np.iinfo(np.int32)
@@ -149,3 +154,50 @@ def save_model(model: onnx.ModelProto, path: Path, external_threshold: int = PRO
         os.replace(Path(folder) / data_path.name, data_path)
         os.replace(staged, path)
     return [path, data_path]
+
+
+ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT16: "float16"}
+
+
+@dataclass(frozen=True)
+class GraphFacts:
+    """What an ONNX graph is, read from the graph alone."""
+
+    input: tuple[str, list, str]  # name, shape (symbolic dims as names), dtype
+    outputs: list[tuple[str, list, str]]
+    precision: str  # fp16 when its large floating-point weights are float16, else fp32
+    l2_normalizes: bool  # has a ReduceL2 (F.normalize)
+    description: dict | None  # the JSON under metadata_props["prtk"]
+
+
+def load_graph(path: Path) -> onnx.ModelProto:
+    """The graph without its external weights; a corrupt or truncated file is refused in one line."""
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf decode errors have no common base class
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PrtkInputError(f"cannot read ONNX graph {path}: {reason} (corrupt or truncated?)") from None
+
+
+def graph_facts(model: onnx.ModelProto) -> GraphFacts:
+    def value_facts(value) -> tuple[str, list, str]:
+        tensor = value.type.tensor_type
+        dims = [dim.dim_param if dim.dim_param else dim.dim_value for dim in tensor.shape.dim]
+        return value.name, dims, ONNX_DTYPES.get(tensor.elem_type, str(tensor.elem_type))
+
+    if len(model.graph.input) != 1:
+        raise PrtkInputError(f"graph has {len(model.graph.input)} inputs; a prtk export has one")
+    large_float = [tensor.data_type for tensor in model.graph.initializer
+                   if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+                   and math.prod(tensor.dims) >= 1024]
+    fp16 = large_float.count(onnx.TensorProto.FLOAT16) > large_float.count(onnx.TensorProto.FLOAT)
+    metadata = {entry.key: entry.value for entry in model.metadata_props}
+    try:
+        description = json.loads(metadata["prtk"]) if "prtk" in metadata else None
+    except json.JSONDecodeError:
+        description = None
+    return GraphFacts(input=value_facts(model.graph.input[0]),
+                      outputs=[value_facts(output) for output in model.graph.output],
+                      precision="fp16" if fp16 else "fp32",
+                      l2_normalizes=any(node.op_type == "ReduceL2" for node in model.graph.node),
+                      description=description)

@@ -54,7 +54,7 @@ def cifar_test_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
-    from prtk.synthetic import write_shapes_folder
+    from prtk.data.synthetic import write_shapes_folder
 
     return write_shapes_folder(tmp_path_factory.mktemp("data") / "shapes", count=40, seed=1, size=32)
 
@@ -92,8 +92,8 @@ def perturbed_copy(path: Path, out: Path, scale: float) -> Path:
 def seeded_pack(clip, path, keeps=(0.5, 0.6, 0.7), layer=3, tokens=4, seed=0):
     """A real pack file holding a seeded, untrained predictor and seeded tokens (export and validation do not
     care how well they were trained)."""
-    from prtk.pack import RankerPack, save_pack
-    from prtk.predictor import PredictorConfig, TokenRankPredictor
+    from prtk.predictor.pack import RankerPack, save_pack
+    from prtk.predictor.model import PredictorConfig, TokenRankPredictor
 
     torch.manual_seed(seed)
     config = PredictorConfig.for_spec(clip.spec)

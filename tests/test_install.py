@@ -19,7 +19,7 @@ def test_import_prtk_prints_nothing_and_warns_nothing():
 
 def test_open_clip_imports_through_prtk_and_compat_only_acts_where_the_extension_fails():
     code = (
-        "from prtk import _torchvision_compat as compat\n"
+        "from prtk.models import compat\n"
         "open_clip = compat.import_open_clip()\n"
         "import torchvision.extension as ext\n"
         "assert (compat._fallback_library is None) == ext._has_ops(), (compat._fallback_library, ext._has_ops())\n"

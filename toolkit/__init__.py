@@ -1,8 +1,9 @@
 """prtk: learn which CLIP patch tokens to drop and deploy static-shape pruned image towers.
 
-Submodules are imported on use so that ``import prtk`` and ``prtk --help`` stay fast:
-``prtk.models`` (loading), ``prtk.pruning`` (the pruned tower), ``prtk.scorers``, ``prtk.zeroshot``,
-``prtk.data``, ``prtk.flops``, ``prtk.evaluation``.
+One subpackage per stage of the data flow, each importing only the stages before it (docs/design.md):
+``prtk.core`` -> ``prtk.models`` -> ``prtk.data`` -> ``prtk.pruning`` -> ``prtk.ranking`` -> ``prtk.predictor``
+-> ``prtk.evaluation`` -> ``prtk.export`` -> ``prtk.engines`` -> ``prtk.quickstart`` -> ``prtk.cli``;
+``prtk.testbeds`` trains the shipped test beds and only the CLI imports it. ``import prtk`` loads nothing else.
 """
 
 __version__ = "0.1.0"

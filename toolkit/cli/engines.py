@@ -1,0 +1,133 @@
+"""``prtk build-engine``, ``prtk bench`` and ``prtk validate``: engines, speed, and proof of answers."""
+
+from __future__ import annotations
+
+import click
+
+from prtk.cli.base import (PrtkCommand, check_json_destination, check_output, emit_json, force_option, json_option,
+                           load_model_from_options, model_options, pack_layer_option, parse_counts, parse_keeps,
+                           weights_inputs)
+from prtk.cli.render import print_bench_table
+
+
+@click.command("build-engine", cls=PrtkCommand)
+@click.argument("target", metavar="DIR_OR_ONNX")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp16", show_default=True,
+              help="Engine precision; under fp16/bf16 LayerNorm, softmax and reductions stay fp32.")
+@click.option("--batch", "batch_profile", default="1:8:32", show_default=True, metavar="MIN:OPT:MAX",
+              help="Optimisation profile of the batch dimension.")
+@click.option("--workspace", type=float, default=4.0, show_default=True, help="Builder workspace limit in GiB.")
+@click.option("--timing-cache", metavar="FILE", default=None,
+              help="Timing cache read before and updated after each build  [default: DIR/timing.cache]")
+@force_option("Overwrite existing engines.")
+def build_engine_command(target, precision, batch_profile, workspace, timing_cache, force):
+    """Build a TensorRT engine from each exported ONNX (a file, or every .onnx in a folder).
+
+    Writes <name>_<precision>.engine beside the ONNX with a .json sidecar: the ONNX sidecar plus the
+    TensorRT version, GPU, compute capability, precision and profile. Needs TensorRT and an NVIDIA GPU.
+    """
+    from prtk.engines.tensorrt_build import EngineConfig, build_engines, engine_sources, parse_batch_profile
+
+    config = EngineConfig(precision, parse_batch_profile(batch_profile), workspace, timing_cache)
+    config.check()
+    sources = engine_sources(target, precision, force)
+    for engine in build_engines(sources, config, force):
+        click.echo(f"wrote {engine}", err=True)
+
+
+@click.command("bench", cls=PrtkCommand)
+@model_options
+@click.option("--pack", metavar="FILE", default=None, help="Ranker pack (its predictor and tokens); else --scorer.")
+@click.option("--no-tokens", is_flag=True, help="With --pack: leave out its learnable tokens.")
+@click.option("--scorer", type=click.Choice(["cls-attention", "fixed-random"]), default="cls-attention",
+              show_default=True, help="Without --pack: the baseline scorer.")
+@click.option("--keep", "keeps", default="0.5,0.6,0.7", show_default=True, metavar="R[,R...]", help="Keep ratios.")
+@pack_layer_option
+@click.option("--backend", "backends", default="torch,onnxruntime", show_default=True, metavar="B[,B...]",
+              help="Among torch, onnxruntime, tensorrt (TensorRT needs a GPU and the tensorrt package).")
+@click.option("--batch", "batches", default="1,8,32", show_default=True, metavar="N[,N...]", help="Batch sizes.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu or cuda[:N]; on cuda onnxruntime uses its CUDA provider.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="torch and TensorRT precision (fp16/bf16 on a GPU only).")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs per case.")
+@click.option("--iterations", type=int, default=10, show_default=True, help="Timed runs per case, at least.")
+@click.option("--seconds", type=float, default=2.0, show_default=True, help="Timed seconds per case, at least.")
+@json_option("the rows")
+@force_option()
+def bench_command(model_name, pretrained, checkpoint, model_config, random_weights, seed, pack, no_tokens, scorer,
+                  keeps, layer, backends, batches, device, precision, warmup, iterations, seconds, json_path, force):
+    """Latency (median, p90, p99), images/s, GFLOPs and speedup over the unpruned tower per backend, keep, batch.
+
+    The unpruned tower is measured on every backend and batch too; the speedup is beside the cost-model
+    bound. Backends are timed through one runner interface: CUDA events on a GPU, wall time on CPU.
+    """
+    from prtk.core.console import progress_bar
+    from prtk.core.devices import resolve_device
+    from prtk.engines.benchmark import BenchConfig, Timing, run_bench
+
+    config = BenchConfig(keeps=parse_keeps(keeps), pack=pack, tokens=not no_tokens, scorer=scorer, layer=layer,
+                         backends=tuple(b.strip() for b in backends.split(",")),
+                         batches=parse_counts(batches, "--batch"), device=device, precision=precision, seed=seed,
+                         timing=Timing(warmup, iterations, seconds))
+    config.check()
+    resolve_device(device)
+    check_json_destination(json_path, force, weights_inputs(checkpoint, model_config) | {"--pack": pack})
+    clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
+    with progress_bar(f"bench {clip.name}", unit="case") as update:
+        result = run_bench(clip, config, progress=update)
+    print_bench_table(result, to_stderr=json_path == "-")
+    emit_json(result, json_path, force)
+
+
+@click.command("validate", cls=PrtkCommand)
+@click.argument("artifact", metavar="ARTIFACT")
+@model_options
+@click.option("--data", "data_root", metavar="DIR", required=True, help="Labelled ImageFolder to validate on.")
+@click.option("--pack", metavar="FILE", default=None, help="The pack the artifact was exported from (if any).")
+@click.option("--limit", type=int, default=None, metavar="N", help="Validate on an evenly spaced subset of N images.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per run.")
+@click.option("--min-agreement", type=float, default=None,
+              help="Smallest prediction agreement with the pruned reference, %  [default: 99.9 fp32, 99.5 fp16]")
+@click.option("--min-cosine", type=float, default=None,
+              help="Smallest embedding cosine to the pruned reference  [default: 0.9999 fp32, 0.999 fp16]")
+@click.option("--max-accuracy-delta", type=float, default=None,
+              help="Largest |top-1 difference| to the pruned reference, points  [default: 0.1]")
+@click.option("--max-abs-diff", type=float, default=None,
+              help="Largest |artifact - pruned reference| of any embedding element  [default: 1e-4 fp32, 1e-2 fp16]")
+@click.option("--max-relative-error", type=float, default=None,
+              help="Largest per-image ||artifact - reference|| / ||reference|| of the embedding  "
+                   "[default: 1e-4 fp32, 1e-2 fp16]")
+@click.option("--report", "report_prefix", metavar="PREFIX", default=None,
+              help="Write PREFIX.md and PREFIX.json  [default: the artifact's path + .validation]")
+@force_option("Overwrite existing reports.")
+@click.pass_context
+def validate_command(ctx, artifact, model_name, pretrained, checkpoint, model_config, random_weights, seed,
+                     data_root, pack, limit, batch_size, min_agreement, min_cosine, max_accuracy_delta, max_abs_diff,
+                     max_relative_error, report_prefix, force):
+    """Prove an exported .onnx (or .engine) gives its PyTorch reference's answers; exit 0 pass, 1 fail.
+
+    The sidecar must be the graph's own description (the one embedded in the ONNX metadata) and agree
+    with the graph's inputs, outputs and precision; the thresholds follow the graph's precision. The
+    references are the unpruned tower and the tower pruned with the same pack, scorer and keep ratio,
+    loaded from the weights the sidecar names (or the model options given, which must match them).
+    """
+    from prtk.core.console import progress_bar
+    from prtk.engines.validation import Thresholds, validate, write_report
+    from prtk.export.artifact import ArtifactFile
+
+    target = ArtifactFile.read(artifact)
+    thresholds = Thresholds.for_precision(target.precision, min_agreement=min_agreement, min_cosine=min_cosine,
+                                          max_accuracy_delta=max_accuracy_delta, max_abs_diff=max_abs_diff,
+                                          max_relative_error=max_relative_error)
+    prefix = report_prefix or f"{target.path}.validation"
+    inputs = {**target.inputs, "--pack": pack, **weights_inputs(checkpoint, model_config)}
+    markdown_path, json_path = (check_output(f"{prefix}{suffix}", force, inputs) for suffix in (".md", ".json"))
+    clip = (target.reference_model() if model_name is None and model_config is None
+            else load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed))
+    with progress_bar(f"validate {target.path.name}") as update:
+        report = validate(clip, target, data_root, thresholds, pack, limit, batch_size, progress=update)
+    click.echo(write_report(report, markdown_path, json_path))
+    click.echo(f"wrote {markdown_path} and {json_path}", err=True)
+    if not report.passed:
+        ctx.exit(1)

@@ -1,0 +1,74 @@
+"""``prtk export``: static-shape ONNX graphs, one per keep ratio, with their checks."""
+
+from __future__ import annotations
+
+import click
+
+from prtk.cli.base import (PrtkCommand, check_json_destination, emit_json, force_option, json_option,
+                           load_model_from_options, model_options, pack_layer_option, parse_keeps, weights_inputs)
+from prtk.cli.render import print_export_table
+from prtk.core.files import check_writable_folder
+
+
+@click.command("export", cls=PrtkCommand)
+@model_options
+@click.option("--pack", metavar="FILE", default=None,
+              help="Ranker pack from `prtk train`: its predictor scores the patches, its tokens are appended.")
+@click.option("--scorer", type=click.Choice(["cls-attention", "fixed-random"]), default="cls-attention",
+              show_default=True, help="Without --pack: the baseline scorer (fixed-random: one seeded random patch "
+                                      "subset for every image, the random baseline a static graph can hold).")
+@click.option("--keep", "keeps", default="0.6", show_default=True, metavar="R[,R...]",
+              help="Keep ratios; one graph each, with k = max(1, round(R * N)) patches.")
+@pack_layer_option
+@click.option("--out", "out_dir", metavar="DIR", required=True,
+              help="Folder for <model>_keep<R>.onnx and its .json sidecar per ratio.")
+@click.option("--full", is_flag=True, help="Also export the unpruned tower (<model>_full.onnx), the reference.")
+@click.option("--classes", "classes_path", metavar="FILE", default=None,
+              help="Class names, one per line: bake a zero-shot classifier into a 'logits' output [B, C].")
+@click.option("--no-normalize", is_flag=True, help="Output the raw embedding instead of the L2-normalised one.")
+@click.option("--no-kept-indices", is_flag=True, help="Leave out the 'kept_indices' output [B, k].")
+@click.option("--no-tokens", is_flag=True, help="With --pack: leave out its learnable tokens.")
+@click.option("--fp16", is_flag=True, help="fp16 weights and activations; LayerNorm, softmax and I/O stay fp32.")
+@click.option("--opset", type=int, default=17, show_default=True,
+              help="ONNX opset, from 17 (LayerNormalization as one op) to the newest the installed torch exports (20).")
+@click.option("--data", "check_data", metavar="DIR", default=None,
+              help="ImageFolder whose images feed the ONNX Runtime check  [default: generated shapes images]")
+@click.option("--check-images", type=int, default=8, show_default=True,
+              help="Images in the ONNX Runtime check (also run alone, at batch 1).")
+@click.option("--no-check", is_flag=True, help="Skip the checks (onnx.checker, ONNX Runtime, TensorRT readiness).")
+@json_option("the sidecars and check results")
+@force_option("Overwrite existing exports.")
+@click.pass_context
+def export_command(ctx, model_name, pretrained, checkpoint, model_config, random_weights, seed, pack, scorer, keeps,
+                   layer, out_dir, full, classes_path, no_normalize, no_kept_indices, no_tokens, fp16, opset,
+                   check_data, check_images, no_check, json_path, force):
+    """Export static-shape ONNX graphs, one per keep ratio, and check each.
+
+    Each graph maps images [batch,3,H,W] to an embedding [batch,E] with the scorer, a constant-K TopK,
+    the gather and the learnable tokens inside; only the batch dimension is dynamic. Checks (a table;
+    any failure exits 1): onnx.checker full check, ONNX Runtime against PyTorch (max abs diff <= 1e-4
+    in fp32, identical kept indices) and TensorRT readiness. The same inputs give byte-identical files.
+    """
+    from prtk.core.console import progress_bar
+    from prtk.export.checks import load_check_images
+    from prtk.export.exporter import ExportConfig, check_export_outputs, export_models, read_class_names
+
+    config = ExportConfig(keeps=parse_keeps(keeps), pack=pack, scorer=scorer, layer=layer, tokens=not no_tokens,
+                          full=full, normalize=not no_normalize, kept_indices=not no_kept_indices,
+                          classes=read_class_names(classes_path) if classes_path else (), fp16=fp16, opset=opset,
+                          seed=seed, check=not no_check)
+    config.check_values()
+    inputs = weights_inputs(checkpoint, model_config) | {"--pack": pack, "--classes": classes_path}
+    check_json_destination(json_path, force, inputs)
+    check_writable_folder(out_dir)
+    clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
+    check_export_outputs(clip.name, config, out_dir, force, inputs)
+    images, source = (None, "") if no_check else load_check_images(clip.preprocess, clip.spec.image_size,
+                                                                    check_data, check_images)
+    with progress_bar(f"export {clip.name}", unit="graph") as update:
+        records = export_models(clip, config, out_dir, images, force=force, progress=update)
+    print_export_table(records, source, to_stderr=json_path == "-")
+    emit_json({"exports": [record.as_dict() for record in records]}, json_path, force)
+    if not all(record.passed for record in records):
+        click.echo("prtk export: a check failed (see the table)", err=True)
+        ctx.exit(1)

@@ -1,0 +1,79 @@
+"""The tables the commands print: one function per typed result, to stdout (stderr when ``--json -``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prtk.core.console import print_table, stderr, stdout
+
+if TYPE_CHECKING:
+    from prtk.engines.benchmark import BenchResult
+    from prtk.evaluation.report import EvalReport
+
+
+def print_eval_table(report: EvalReport, to_stderr: bool) -> None:
+    pruning = report.pruning
+    scorer = pruning.scorer + (f" + {pruning.learnable_tokens} tokens" if pruning.learnable_tokens else "")
+    rows = [["unpruned", "1", str(report.architecture["num_patches"]), "-"],
+            [scorer, f"{pruning.keep:g}", str(pruning.keep_count), str(pruning.layer)]]
+    for row, result in zip(rows, (report.unpruned, report.pruned), strict=True):
+        row += [f"{result.top1:.2f}", f"{result.top5:.2f}", f"{result.images_per_s:,.1f}", f"{result.gflops:.3f}"]
+    print_table(f"{report.model} on {report.data_root} ({report.images} images)",
+                ["model", "keep", "k", "layer", "top-1 %", "top-5 %", "images/s", "GFLOPs"], rows,
+                console=stderr if to_stderr else stdout)
+    if report.skipped_bad:
+        stderr.print(f"skipped {len(report.skipped_bad)} unreadable images")
+
+
+def print_export_table(records, source: str, to_stderr: bool) -> None:
+    console = stderr if to_stderr else stdout
+    names = [check.name for check in records[0].checks] if records and records[0].checks else []
+    rows = []
+    for record in records:
+        pruning = record.meta["pruning"]
+        size = sum(file.stat().st_size for file in record.files) / 2 ** 20
+        rows.append(["full" if pruning is None else f"{pruning['keep']:g}",
+                     "-" if pruning is None else str(pruning["keep_count"]), f"{record.meta['gflops']:.3f}",
+                     f"{size:.1f}", *("pass" if check.passed else "FAIL" for check in record.checks)])
+    print_table(f"ONNX exports (checks on {source})" if names else "ONNX exports (checks skipped)",
+                ["keep", "k", "GFLOPs", "MiB", *names], rows, console=console)
+    for record in records:
+        for check in record.checks:
+            console.print(f"{record.path.name}: {check.name}: {'pass' if check.passed else 'FAIL'}: {check.detail}",
+                          soft_wrap=True)
+
+
+def print_bench_table(result: BenchResult, to_stderr: bool) -> None:
+    table = [[row.backend, "full" if row.keep is None else f"{row.keep:g}", str(row.batch),
+              *(f"{value:.2f}" for value in (row.median_ms, row.p90_ms, row.p99_ms)), f"{row.images_per_s:,.1f}",
+              f"{row.gflops:.2f}", f"{row.speedup:.2f}x", f"{row.bound:.2f}x"] for row in result.rows]
+    print_table(f"{result.model} on {result.device} ({result.precision})",
+                ["backend", "keep", "batch", "median ms", "p90 ms", "p99 ms", "images/s", "GFLOPs", "speedup", "bound"],
+                table, console=stderr if to_stderr else stdout)
+
+
+def print_quickstart_table(summary: dict, to_stderr: bool) -> None:
+    keeps = [f"{k:g}" for k in summary["config"]["keeps"]]
+    rows = [[name, *(f"{points[k]:.2f}" for k in keeps)] for name, points in summary["accuracy"].items()]
+    rows += [[f"{backend} speedup (batch {summary['speedup_batch']})", *(f"{points[k]:.2f}x" for k in keeps)]
+             for backend, points in summary["speedup"].items()]
+    rows.append(["cost-model bound", *(f"{summary['bound'][k]:.2f}x" for k in keeps)])
+    rows.append(["validate", *("pass" if summary["validation"][k]["passed"] else "FAIL" for k in keeps)])
+    print_table(f"{summary['model']} quickstart (unpruned top-1 {summary['unpruned_top1']:.2f}%)",
+                ["top-1 % / speed", *(f"keep {k}" for k in keeps)], rows, console=stderr if to_stderr else stdout)
+
+
+def print_pack_table(meta: dict) -> None:
+    metrics, cost = meta["metrics"], meta["predictor_cost"]
+    rows = []
+    for keep in (f"{k:g}" for k in meta["keep_ratios"]):
+        tokens = metrics["tokens"][keep]
+        rows.append([keep, str(tokens["keep_count"]), f"{metrics['predictor']['top_k_overlap'][keep]:.3f}",
+                     f"{tokens['val_top1_no_tokens']:.2f}",
+                     f"{tokens['val_top1']:.2f}" if "val_top1" in tokens else "-"])
+    title = f"{meta['model']} pack: layer {meta['layer']}, {meta['training_data']['held_out']} held-out images"
+    print_table(title, ["keep", "k", "top-k overlap", "top-1 %", f"top-1 % + {meta['num_tokens']} tokens"], rows,
+                console=stderr)
+    stderr.print(f"unpruned top-1 {metrics['unpruned_val_top1']:.2f}%, Kendall tau "
+                 f"{metrics['predictor']['kendall_tau']:.3f}; predictor {cost['params']:,} parameters "
+                 f"({100 * cost['params_ratio']:.2f}% of the tower's), {100 * cost['macs_ratio']:.2f}% of its MACs")

@@ -1,0 +1,51 @@
+"""The cost model of a (pruned) ViT image tower, in multiply-accumulates (MACs); GFLOPs = 2 x MACs / 1e9.
+
+One block on ``n`` tokens of width ``D`` costs ``(4 + 2 * mlp_ratio) n D^2 + 2 n^2 D`` MACs
+(``12 n D^2 + 2 n^2 D`` at MLP ratio 4): the q/k/v/out projections, the MLP, and the two
+``n x n`` attention products. Pruning at block ``l`` runs blocks ``l..L-1`` on ``1 + k (+1 fused) + P`` tokens.
+"""
+
+from __future__ import annotations
+
+from prtk.pruning.tower import check_layer, keep_count
+from prtk.models.vit import ViTSpec
+
+
+def block_macs(tokens: int, width: int, mlp_ratio: float = 4.0) -> float:
+    """MACs of one transformer block on ``tokens`` tokens."""
+    return (4 + 2 * mlp_ratio) * tokens * width ** 2 + 2 * tokens ** 2 * width
+
+
+def suffix_tokens(spec: ViTSpec, keep: float, learnable_tokens: int = 0, fused: bool = False) -> int:
+    """Tokens entering blocks[l:]: CLS + k kept (+ 1 fused) + P learnable."""
+    return 1 + keep_count(keep, spec.num_patches) + int(fused) + learnable_tokens
+
+
+def blocks_macs(spec: ViTSpec, keep: float = 1.0, layer: int | None = None,
+                learnable_tokens: int = 0, fused: bool = False) -> float:
+    """MACs of the L blocks, with pruning at block ``layer`` (no pruning when keep is 1 and P is 0)."""
+    full = block_macs(spec.num_patches + 1, spec.width, spec.mlp_ratio)
+    if layer is None:
+        return spec.layers * full
+    check_layer(layer, spec)
+    pruned = block_macs(suffix_tokens(spec, keep, learnable_tokens, fused), spec.width, spec.mlp_ratio)
+    return layer * full + (spec.layers - layer) * pruned
+
+
+def vision_macs(spec: ViTSpec, keep: float = 1.0, layer: int | None = None,
+                learnable_tokens: int = 0, fused: bool = False) -> float:
+    """MACs of the whole image tower: patch embedding + blocks + output projection."""
+    patch_embedding = spec.num_patches * 3 * spec.patch_size ** 2 * spec.width
+    projection = spec.width * spec.output_dim
+    return patch_embedding + blocks_macs(spec, keep, layer, learnable_tokens, fused) + projection
+
+
+def block_cost_ratio(spec: ViTSpec, keep: float, layer: int, learnable_tokens: int = 0,
+                     fused: bool = False) -> float:
+    """docs/design.md's ratio ``(l C(N+1) + (L-l) C(1+k+P)) / (L C(N+1))``; its inverse bounds the speedup."""
+    return blocks_macs(spec, keep, layer, learnable_tokens, fused) / blocks_macs(spec)
+
+
+def gflops(macs: float) -> float:
+    """GFLOPs quoted in every report: 2 x MACs / 1e9."""
+    return 2 * macs / 1e9

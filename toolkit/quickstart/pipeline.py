@@ -1,0 +1,278 @@
+"""``run_quickstart``: the whole pipeline on a test bed, on a CPU, in minutes, ending in a report with pictures.
+
+rank a subset (similarity score) -> train the predictor and tokens -> export keep ratios (+ the full tower)
+-> build TensorRT engines where TensorRT and a GPU are present -> validate every export -> zero-shot
+accuracy per method -> benchmark torch and ONNX Runtime -> summary (Markdown, JSON) and three PNG plots.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from prtk import __version__
+from prtk.pruning.spec import TowerSpec, build_tower
+from prtk.core.files import write_bytes_atomic, write_json_atomic
+from prtk.core.errors import PrtkInputError
+from prtk.models import LoadedClip
+from prtk.predictor.pack import RankerPack
+from prtk.pruning.tower import check_keeps
+from prtk.data.synthetic import HELD_OUT_SEED
+
+RANKING_SEED = 2  # generated shapes images for ranking: neither the test bed's training split nor the held-out one
+
+
+@dataclass(frozen=True)
+class QuickstartConfig:
+    """Sizes of each stage; the defaults finish in a few minutes on 2 CPU cores."""
+
+    keeps: tuple[float, ...] = (0.5, 0.6, 0.7)
+    rank_images: int = 256
+    eval_images: int = 500
+    step: int = 8
+    num_tokens: int = 8
+    predictor_epochs: int = 30
+    token_epochs: int = 8
+    batches: tuple[int, ...] = (1, 32)
+    seed: int = 0
+
+    def check(self) -> None:
+        check_keeps(self.keeps)
+        if self.rank_images < 20 or self.eval_images < 10:
+            raise PrtkInputError(f"quickstart needs at least 20 ranked and 10 evaluation images, got "
+                                 f"{self.rank_images} and {self.eval_images}")
+
+
+Say = Callable[[str], None]
+
+
+def run_quickstart(clip: LoadedClip, out_dir: str | Path, config: QuickstartConfig, data_root: str | Path | None = None,
+                   force: bool = False, say: Say = print, progress=None) -> dict:
+    """Run every stage into ``out_dir`` and return the summary. ``data_root`` (an ImageFolder) is used for
+    ranking and evaluation alike; without it shapes images are generated (built-in shapes test bed only).
+    ``progress(description, unit)`` gives a context manager yielding ``update(done, total)``."""
+    from prtk.export.checks import load_check_images
+
+    config.check()
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise PrtkInputError(f"output folder {out} is not empty (pass --force to start over)")
+        stranger = next((entry for entry in sorted(out.iterdir()) if not _quickstart_entry(entry.name)), None)
+        if stranger is not None:
+            raise PrtkInputError(f"{out} holds {stranger.name}, which a quickstart does not write: --force empties "
+                                 "only an earlier quickstart's folder; choose a new or empty folder")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    started = time.perf_counter()
+    rank_dir, eval_dir = _data(clip, out, config, data_root, say)
+    pack_path, pack = _rank_and_train(clip, out, config, rank_dir, say, progress)
+    sample, _ = load_check_images(clip.preprocess, clip.spec.image_size, eval_dir, 8)  # [8,3,H,W]
+    records = _export(clip, out, config, pack_path, sample, say, progress)
+    engines = _engines(records, say)
+    validations = _validate(clip, records, pack_path, eval_dir, config, say, progress)
+    accuracy, unpruned = _accuracy(clip, pack_path, pack, eval_dir, config, say, progress)
+    rows = _bench(clip, pack_path, config, say, progress)
+    summary = _summary(clip, config, records, validations, accuracy, unpruned, rows, engines, pack_path, pack)
+    _plots(clip, out, config, summary, pack, sample)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    write_json_atomic(out / "summary.json", summary)
+    write_bytes_atomic(out / "summary.md", summary_markdown(summary).encode())
+    return summary
+
+
+QUICKSTART_ENTRIES = ("data", "onnx", "validation", "ranking.prtk", "pack.prtk", "summary.json", "summary.md",
+                      "accuracy_vs_keep.png", "speedup_vs_keep.png", "kept_patches.png")
+
+
+def _quickstart_entry(name: str) -> bool:
+    """A name that a quickstart writes in its folder (its outputs, and the partial, lock and temporary files of
+    its ranking, pack and summaries)."""
+    return name in QUICKSTART_ENTRIES or any(name.startswith(f".{entry}.") for entry in QUICKSTART_ENTRIES)
+
+
+def _data(clip: LoadedClip, out: Path, config: QuickstartConfig, data_root, say: Say) -> tuple[Path, Path]:
+    if data_root is not None:
+        return Path(data_root), Path(data_root)
+    if clip.name != "prtk-testbed-shapes":
+        raise PrtkInputError(f"pass --data DIR for {clip.name}: generated images fit only prtk-testbed-shapes")
+    from prtk.data.synthetic import write_shapes_folder
+
+    size = clip.spec.image_size
+    rank_dir = write_shapes_folder(out / "data" / "rank", config.rank_images, RANKING_SEED, size)
+    eval_dir = write_shapes_folder(out / "data" / "held-out", config.eval_images, HELD_OUT_SEED, size)
+    say(f"data: generated {config.rank_images} shapes images to rank and {config.eval_images} held-out ones")
+    return rank_dir, eval_dir
+
+
+def _rank_and_train(clip, out: Path, config: QuickstartConfig, rank_dir: Path, say: Say,
+                    progress) -> tuple[Path, RankerPack]:
+    from prtk.ranking.run import rank_folder
+    from prtk.predictor.training import TrainConfig, train_pack
+    from prtk.ranking.search import RankingConfig
+
+    ranking = out / "ranking.prtk"
+    with progress("1/6 rank", "img") as update:
+        rank_folder(clip, rank_dir, ranking, RankingConfig(score="similarity", step=config.step,
+                                                           min_keep=min(config.keeps)),
+                    limit=config.rank_images, progress=update)
+    pack = out / "pack.prtk"
+    train = TrainConfig(keeps=config.keeps, num_tokens=config.num_tokens, predictor_epochs=config.predictor_epochs,
+                        token_epochs=config.token_epochs, batch_size=64, seed=config.seed)
+    with progress("2/6 train", "step") as update:
+        trained = train_pack(clip, ranking, rank_dir, pack, train, progress=update)
+    overlap = trained.meta["metrics"]["predictor"]["top_k_overlap"]
+    say("train: held-out top-k overlap " + ", ".join(f"{k} {v:.3f}" for k, v in overlap.items()))
+    return pack, trained
+
+
+def _export(clip, out: Path, config: QuickstartConfig, pack: Path, images: torch.Tensor, say: Say, progress):
+    from prtk.export.exporter import ExportConfig, export_models
+
+    with progress("3/6 export", "graph") as update:
+        records = export_models(clip, ExportConfig(keeps=config.keeps, pack=str(pack), full=True), out / "onnx",
+                                images, progress=update)
+    failed = [f"{r.path.name}: {c.name}" for r in records for c in r.checks if not c.passed]
+    say(f"export: {len(records)} graphs, checks " + ("all pass" if not failed else "FAILED: " + ", ".join(failed)))
+    return records
+
+
+def _engines(records, say: Say) -> list[str]:
+    from prtk.engines.tensorrt_build import EngineConfig, build_engine, require_tensorrt
+
+    try:
+        require_tensorrt()
+    except PrtkInputError as reason:
+        say(f"engines: skipped ({reason})")
+        return []
+    built = [build_engine(record.path, EngineConfig("fp16")).name for record in records]
+    say(f"engines: built {', '.join(built)}")
+    return built
+
+
+def _validate(clip, records, pack: Path, eval_dir: Path, config: QuickstartConfig, say: Say, progress) -> dict:
+    from prtk.engines.validation import Thresholds, markdown_report, validate
+    from prtk.export.artifact import ArtifactFile
+
+    folder = Path(records[0].path).parent.parent / "validation"
+    results = {}
+    with progress("4/6 validate", "graph") as update:
+        for done, record in enumerate(records):
+            artifact = ArtifactFile.read(record.path)
+            report = validate(clip, artifact, eval_dir, Thresholds.for_precision(artifact.precision),
+                              str(pack), limit=config.eval_images)
+            write_json_atomic(folder / f"{record.path.stem}.json", report.as_dict())
+            write_bytes_atomic(folder / f"{record.path.stem}.md", markdown_report(report).encode())
+            keep = record.meta["pruning"]["keep"] if record.meta["pruning"] else None
+            results[keep] = report
+            update(done + 1, len(records))
+    say("validate: " + ", ".join(f"{'full' if k is None else k}: {'pass' if r.passed else 'FAIL'}"
+                                 for k, r in results.items()))
+    return results
+
+
+def _accuracy(clip, pack: Path, trained: RankerPack, eval_dir: Path, config: QuickstartConfig, say: Say, progress):
+    from prtk.evaluation.accuracy import EvalConfig, evaluate
+
+    layer = trained.layer
+    methods = {"random": {"scorer": "random"}, "cls-attention": {"scorer": "cls-attention"},
+               "predictor": {"scorer": "predictor", "pack": str(pack), "tokens": False},
+               f"predictor + {config.num_tokens} tokens": {"scorer": "predictor", "pack": str(pack)}}
+    accuracy: dict[str, dict[float, float]] = {name: {} for name in methods}
+    unpruned = 0.0
+    with progress("5/6 accuracy", "run") as update:
+        for done, (name, keep) in enumerate((n, k) for n in methods for k in config.keeps):
+            options = methods[name]
+            run = EvalConfig(keep=keep, layer=None if "pack" in options else layer, seed=config.seed,
+                             limit=config.eval_images, workers=0, **options)
+            report = evaluate(clip, eval_dir, run)
+            accuracy[name][keep] = report.pruned.top1
+            unpruned = report.unpruned.top1
+            update(done + 1, len(methods) * len(config.keeps))
+    return accuracy, unpruned
+
+
+def _bench(clip, pack: Path, config: QuickstartConfig, say: Say, progress) -> list:
+    from prtk.engines.benchmark import BenchConfig, Timing, run_bench
+
+    bench = BenchConfig(keeps=config.keeps, pack=str(pack), backends=("torch", "onnxruntime"),
+                        batches=config.batches, seed=config.seed, timing=Timing(2, 10, 1.0))
+    with progress("6/6 bench", "case") as update:
+        return run_bench(clip, bench, progress=update).rows
+
+
+def _summary(clip, config, records, validations, accuracy, unpruned, rows, engines, pack: Path,
+             trained: RankerPack) -> dict:
+    largest = max(config.batches)
+    speedup = {row.backend: {} for row in rows}
+    bound = {}
+    for row in rows:
+        if row.batch == largest and row.keep is not None:
+            speedup[row.backend][row.keep] = row.speedup
+            bound[row.keep] = row.bound
+    return {
+        "prtk_version": __version__,
+        "model": clip.name,
+        "config": asdict(config),
+        "pack": {"path": str(pack), "metrics": trained.meta["metrics"]["predictor"]},
+        "unpruned_top1": unpruned,
+        "accuracy": {name: {f"{k:g}": v for k, v in points.items()} for name, points in accuracy.items()},
+        "exports": [{"file": r.path.name, "keep": r.meta["pruning"]["keep"] if r.meta["pruning"] else None,
+                     "gflops": r.meta["gflops"], "checks_passed": r.passed} for r in records],
+        "engines": engines,
+        "validation": {("full" if k is None else f"{k:g}"): {"passed": report.passed, "agreement": report.agreement,
+                                                             "top1": report.top1, "cosine": report.cosine}
+                       for k, report in validations.items()},
+        "speedup_batch": largest,
+        "speedup": {backend: {f"{k:g}": v for k, v in points.items()} for backend, points in speedup.items()},
+        "bound": {f"{k:g}": v for k, v in bound.items()},
+        "bench": [asdict(row) for row in rows],
+    }
+
+
+def _plots(clip: LoadedClip, out: Path, config: QuickstartConfig, summary: dict, pack: RankerPack,
+           images: torch.Tensor) -> None:
+    from prtk.quickstart.plots import plot_accuracy, plot_kept_patches, plot_speedup
+
+    as_float = {name: {float(k): v for k, v in points.items()} for name, points in summary["accuracy"].items()}
+    plot_accuracy(as_float, summary["unpruned_top1"], out / "accuracy_vs_keep.png")
+    plot_speedup({b: {float(k): v for k, v in p.items()} for b, p in summary["speedup"].items()},
+                 {float(k): v for k, v in summary["bound"].items()}, summary["speedup_batch"],
+                 out / "speedup_vs_keep.png")
+    keep = sorted(config.keeps)[len(config.keeps) // 2]
+    with torch.inference_mode():
+        _, kept = build_tower(clip, TowerSpec(keep, "predictor"), pack)(images, return_indices=True)
+    preprocess = clip.preprocess_config
+    plot_kept_patches(images, kept, preprocess["mean"], preprocess["std"], clip.spec.patch_size,
+                      [f"image {i}" for i in range(len(images))], out / "kept_patches.png")
+
+
+def summary_markdown(summary: dict) -> str:
+    """The quickstart's table and pictures as Markdown."""
+    keeps = [f"{k:g}" for k in summary["config"]["keeps"]]
+    lines = [f"# prtk quickstart: {summary['model']}", "",
+             f"Unpruned zero-shot top-1: {summary['unpruned_top1']:.2f}%; the whole pipeline took "
+             f"{summary['seconds']:.0f} s.", "",
+             "| top-1 % | " + " | ".join(f"keep {k}" for k in keeps) + " |",
+             "|---|" + "---|" * len(keeps)]
+    for name, points in summary["accuracy"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{points[k]:.2f}" for k in keeps) + " |")
+    gflops = {f"{e['keep']:g}": e["gflops"] for e in summary["exports"] if e["keep"] is not None}
+    full = next(e["gflops"] for e in summary["exports"] if e["keep"] is None)
+    lines.append(f"| GFLOPs (unpruned {full:.3f}) | " + " | ".join(f"{gflops[k]:.3f}" for k in keeps) + " |")
+    for backend, points in summary["speedup"].items():
+        lines.append(f"| {backend} speedup, batch {summary['speedup_batch']} | "
+                     + " | ".join(f"{points[k]:.2f}x" for k in keeps) + " |")
+    lines.append("| cost-model bound | " + " | ".join(f"{summary['bound'][k]:.2f}x" for k in keeps) + " |")
+    lines.append("| validate (agreement %) | " + " | ".join(
+        f"{'pass' if summary['validation'][k]['passed'] else 'FAIL'} ({summary['validation'][k]['agreement']:.2f})"
+        for k in keeps) + " |")
+    lines += ["", f"TensorRT engines: {', '.join(summary['engines']) or 'skipped (no TensorRT or no GPU here)'}.", "",
+              "![accuracy vs keep ratio](accuracy_vs_keep.png)", "", "![speedup vs keep ratio](speedup_vs_keep.png)",
+              "", "![kept patches](kept_patches.png)", ""]
+    return "\n".join(lines)
