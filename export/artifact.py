@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 from prtk import __version__
 from prtk.core.errors import PrtkInputError
 from prtk.core.files import file_sha256, finish_commits
-from prtk.models import LoadedClip, check_made_for
+from prtk.models import LoadedClip, check_made_for, load_clip
+from prtk.predictor.pack import load_pack
 from prtk.pruning.cost import block_cost_ratio, gflops, vision_macs
 from prtk.pruning.spec import TowerSpec, build_tower
 from prtk.pruning.tower import PrunedVisionTower
@@ -237,8 +238,6 @@ class ArtifactFile:
     def reference(self, clip: LoadedClip, pack_path: str | None) -> DeployedTower:
         """The PyTorch module the graph was exported from, rebuilt over ``clip`` (and the pack at ``pack_path``)
         after ``check_reference``: same tower, same normalisation, kept indices where the tower prunes."""
-        from prtk.predictor.pack import load_pack
-
         self.check_reference(clip, pack_path)
         spec = self.tower_spec()
         pack = load_pack(pack_path) if pack_path is not None else None
@@ -247,8 +246,6 @@ class ArtifactFile:
 
     def reference_model(self) -> LoadedClip:
         """The model and weights the artifact was exported from, as its sidecar names them."""
-        from prtk.models import load_clip
-
         return load_clip(self.sidecar["model"], **self.load_options())
 
     def check_reference(self, clip: LoadedClip, pack_path: str | None) -> None:

@@ -75,21 +75,17 @@ def _pruned_tower(clip: LoadedClip, dataset: ImageFolderDataset,
     if config.ranking is not None and config.scorer != "golden":
         raise PrtkInputError(f"--ranking is read only by --scorer golden, got --scorer {config.scorer}")
     spec = config.tower_spec
-    spec.check()
-    if config.scorer == "predictor":
-        from prtk.predictor.model import predictor_macs
-        from prtk.predictor.pack import load_pack
-
-        if config.pack is None:
-            raise PrtkInputError("the predictor scorer needs --pack FILE (made by `prtk train`)")
-        tower = build_tower(clip, spec, load_pack(config.pack))
-        return tower, None, predictor_macs(clip.spec, tower.scorer.predictor.config)
-    if config.pack is not None:
-        raise PrtkInputError(f"--pack is read only by --scorer predictor, got --scorer {config.scorer}")
+    spec.check_source(config.pack is not None)
     if config.scorer == "golden":
         layer, golden = _golden_rankings(clip, dataset, config)
         return build_tower(clip, spec.at_layer_of(layer, "ranking")), golden, 0
-    return build_tower(clip, spec), None, 0
+    if config.pack is None:
+        return build_tower(clip, spec), None, 0
+    from prtk.predictor.model import predictor_macs
+    from prtk.predictor.pack import load_pack
+
+    tower = build_tower(clip, spec, load_pack(config.pack))
+    return tower, None, predictor_macs(clip.spec, tower.scorer.predictor.config)
 
 
 def _timed(forward: Callable, images: torch.Tensor) -> tuple[torch.Tensor, float]:

@@ -55,6 +55,14 @@ class TowerSpec:
         if self.fuse_dropped and self.scorer == "predictor":
             raise PrtkInputError("--fuse-dropped does not go with --scorer predictor (its tokens were trained without)")
 
+    def check_source(self, pack_given: bool) -> None:
+        """``check``, then refuse a pack without the predictor scorer or the predictor without a pack (callers
+        that read the pack from a file call this first, before reading it)."""
+        self.check()
+        if pack_given != (self.scorer == "predictor"):
+            raise PrtkInputError(f"--pack is read only by --scorer predictor, got --scorer {self.scorer}" if pack_given
+                                 else "the predictor scorer needs --pack FILE (made by `prtk train`)")
+
     def at_layer_of(self, layer: int, source: str) -> TowerSpec:
         """This spec at a pack's or ranking's ``layer``, refusing a different ``--layer``."""
         if self.layer is not None and self.layer != layer:
@@ -82,10 +90,7 @@ def build_tower(clip, spec: TowerSpec, pack: TowerSource | None = None) -> Prune
 
     ``pack`` is required by, and only read by, the ``predictor`` scorer; it must be made for ``clip``.
     """
-    spec.check()
-    if (pack is not None) != (spec.scorer == "predictor"):
-        raise PrtkInputError("the predictor scorer needs --pack FILE (made by `prtk train`)" if pack is None
-                             else f"--pack is read only by --scorer predictor, got --scorer {spec.scorer}")
+    spec.check_source(pack is not None)
     tokens = None
     if pack is not None:
         pack.check_model(clip)

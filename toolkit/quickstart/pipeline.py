@@ -156,7 +156,7 @@ def _engines(records, say: Say) -> list[str]:
 
 
 def _validate(clip, records, pack: Path, eval_dir: Path, config: QuickstartConfig, say: Say, progress) -> dict:
-    from prtk.engines.validation import Thresholds, markdown_report, validate
+    from prtk.engines.validation import Thresholds, validate, write_report
     from prtk.export.artifact import ArtifactFile
 
     folder = Path(records[0].path).parent.parent / "validation"
@@ -166,8 +166,7 @@ def _validate(clip, records, pack: Path, eval_dir: Path, config: QuickstartConfi
             artifact = ArtifactFile.read(record.path)
             report = validate(clip, artifact, eval_dir, Thresholds.for_precision(artifact.precision),
                               str(pack), limit=config.eval_images)
-            write_json_atomic(folder / f"{record.path.stem}.json", report.as_dict())
-            write_bytes_atomic(folder / f"{record.path.stem}.md", markdown_report(report).encode())
+            write_report(report, folder / f"{record.path.stem}.md", folder / f"{record.path.stem}.json")
             keep = record.meta["pruning"]["keep"] if record.meta["pruning"] else None
             results[keep] = report
             update(done + 1, len(records))
