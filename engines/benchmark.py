@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from prtk.core.errors import PrtkInputError
+from prtk.export.levels import optimize_level
 from prtk.pruning.cost import block_cost_ratio
 from prtk.models import LoadedClip
 from prtk.pruning.tower import check_keeps, default_layer
@@ -45,6 +46,7 @@ class BenchConfig:
     tokens: bool = True  # the pack's learnable tokens
     scorer: str = "cls-attention"
     layer: int | None = None
+    optimize: str = "O1"  # the exported graphs' level (prtk.export.lean_blocks)
     backends: tuple[str, ...] = ("torch", "onnxruntime")
     batches: tuple[int, ...] = (1, 8, 32)
     device: str = "cpu"
@@ -63,6 +65,9 @@ class BenchConfig:
             raise PrtkInputError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
         if self.precision != "fp32" and self.device == "cpu":
             raise PrtkInputError(f"{self.precision} is for GPUs: pass --device cuda, or --precision fp32 on CPU")
+        if "tensorrt" in self.backends and not optimize_level(self.optimize).portable:
+            raise PrtkInputError(f"--optimize {self.optimize} graphs are for ONNX Runtime only, which TensorRT cannot "
+                                 "build: bench tensorrt at O0 or O1")
         timing = self.timing
         if timing.warmup < 0 or timing.min_iterations < 1 or timing.min_seconds < 0:
             raise PrtkInputError("warm-up must be >= 0, iterations >= 1 and seconds >= 0")
@@ -141,7 +146,7 @@ def _time_once(runner: Runner, prepared) -> float:
 def run_bench(clip: LoadedClip, config: BenchConfig,
               progress: Callable[[int, int], None] | None = None) -> BenchResult:
     """One row per (backend, keep, batch), the unpruned tower (keep None) first on each backend."""
-    from prtk.export.artifact import describe
+    from prtk.export.artifact import tower_gflops
     from prtk.export.exporter import ExportConfig, deployed_tower, export_models, load_export_pack
 
     config.check()
@@ -150,14 +155,15 @@ def run_bench(clip: LoadedClip, config: BenchConfig,
 
         require_tensorrt()
     export = ExportConfig(keeps=config.keeps, pack=config.pack, scorer=config.scorer, layer=config.layer,
-                          tokens=config.tokens, full=True, seed=config.seed, check=False, fp16=False)
+                          tokens=config.tokens, full=True, seed=config.seed, check=False, fp16=False,
+                          optimize=config.optimize)
     export.check_values()
     pack = load_export_pack(clip, export)
     targets: list[float | None] = [None, *config.keeps]
     size = clip.spec.image_size
     generator = torch.Generator().manual_seed(config.seed)
     inputs = {batch: torch.randn(batch, 3, size, size, generator=generator) for batch in config.batches}
-    gflops = {keep: describe(clip, export, deployed_tower(clip, export, pack, keep), pack, keep)["gflops"]
+    gflops = {keep: tower_gflops(clip.spec, deployed_tower(clip, export, pack, keep).tower, pack is not None)
               for keep in targets}
     rows, total = [], len(config.backends) * len(targets) * len(config.batches)
     with tempfile.TemporaryDirectory(prefix="prtk-bench-") as folder:

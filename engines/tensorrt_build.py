@@ -16,6 +16,7 @@ import torch
 
 from prtk.core.files import check_not_an_input, check_writable, write_bytes_atomic, write_json_atomic
 from prtk.core.errors import PrtkInputError
+from prtk.export.onnx_graph import custom_domains, load_graph
 from prtk.export.onnxruntime_session import GPU_HINT
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -75,11 +76,20 @@ def engine_sources(target: str | Path, precision: str, force: bool) -> list[Path
     if not sources or not all(path.is_file() for path in sources):
         raise PrtkInputError(f"no ONNX file at {target}")
     for source in sources:
+        check_portable(source)
         engine = engine_path(source, precision)
         for output in (engine, engine.with_suffix(".json")):
             check_not_an_input(output, {"ONNX": source, "ONNX sidecar": source.with_suffix(".json")})
             check_writable(output, force)
     return sources
+
+
+def check_portable(onnx_path: Path) -> None:
+    """Refuse a graph with operators outside ONNX's own domain (``--optimize O2``: ONNX Runtime's fused ones)."""
+    domains = custom_domains(load_graph(onnx_path))
+    if domains:
+        raise PrtkInputError(f"{onnx_path.name} holds {', '.join(domains)} operators (exported with --optimize O2, "
+                             "for ONNX Runtime only): TensorRT cannot build it; export with --optimize O1")
 
 
 def build_engines(sources: list[Path], config: EngineConfig, force: bool = False) -> Iterator[Path]:
@@ -97,6 +107,7 @@ def build_engine(onnx_path: str | Path, config: EngineConfig, force: bool = Fals
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise PrtkInputError(f"ONNX file not found: {onnx_path}")
+    check_portable(onnx_path)
     out = check_writable(engine_path(onnx_path, config.precision), force)
     check_writable(out.with_suffix(".json"), force)
     trt = require_tensorrt()

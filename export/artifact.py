@@ -27,7 +27,7 @@ from prtk.pruning.spec import TowerSpec, build_tower
 from prtk.pruning.tower import PrunedVisionTower
 
 from .deployed import INPUT_NAME, DeployedTower
-from .onnx_graph import BATCH, GraphFacts, graph_facts, load_graph
+from .onnx_graph import BATCH, GraphFacts, GraphStructure, graph_facts, load_graph
 
 if TYPE_CHECKING:
     from .exporter import ExportConfig
@@ -46,6 +46,7 @@ SIDECAR_SCHEMA: dict[str, tuple] = {
 }
 PRUNING_SCHEMA = {"scorer": (str,), "layer": (int,), "keep": NUMBER, "keep_count": (int,),
                   "num_learnable_tokens": (int,), "seed": (int, type(None))}
+OPTIONAL_SCHEMA = {"optimize": (str,), "runtimes": (list,), "graph": (dict,)}
 OUTPUT_SCHEMA = {"name": (str,), "shape": (list,), "dtype": (str,)}
 NOT_EMBEDDED = ("files", "checks", "tensorrt")  # added to the sidecar after the graph's description was embedded
 
@@ -63,6 +64,8 @@ def check_sidecar_schema(sidecar: object, where: str | Path) -> dict:
         _check_keys(output, OUTPUT_SCHEMA, where, f"outputs[{index}].")
     if "tensorrt" in sidecar:
         _check_keys(sidecar, {"tensorrt": (dict,), "tensorrt.precision": (str,)}, where, "")
+    optional = {key: types for key, types in OPTIONAL_SCHEMA.items() if key in sidecar}  # absent in older exports
+    _check_keys(sidecar, optional, where, "")
     return sidecar
 
 
@@ -99,6 +102,9 @@ def check_graph_matches(sidecar: dict, facts: GraphFacts, graph_path: Path, side
                               f"{', '.join(map(_show, want_outputs))}")
     if facts.precision != sidecar["precision"]:
         contradictions.append(f"weights are {facts.precision}, described as {sidecar['precision']}")
+    if facts.custom_domains and "tensorrt" in sidecar.get("runtimes", ["tensorrt"]):
+        contradictions.append(f"the graph holds {', '.join(facts.custom_domains)} operators, described as "
+                              "portable to TensorRT")
     if sidecar["export"]["normalize"] and not facts.l2_normalizes:
         contradictions.append("the embedding is described as L2-normalised but the graph does not normalise")
     if contradictions:
@@ -123,8 +129,10 @@ def first_difference(left: object, right: object, where: str = "") -> str:
     return where or "the top level"
 
 
-def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack, keep: float | None) -> dict:
-    """What an application needs to feed the graph and what validation needs to match it to its reference."""
+def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack, keep: float | None,
+             structure: GraphStructure) -> dict:
+    """What an application needs to feed the graph, what validation needs to match it to its reference, and
+    which runtimes can run it (``optimize``, ``runtimes``, ``graph``: its size and fused operators)."""
     spec = clip.spec
     tower = module.tower
     pruned = isinstance(tower, PrunedVisionTower)
@@ -139,11 +147,6 @@ def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack
     if module.kept_indices:
         outputs.append({"name": "kept_indices", "shape": [BATCH, tower.keep_count], "dtype": "int64",
                         "meaning": "kept patch indices, row-major over the patch grid, CLS excluded, ascending"})
-    macs = vision_macs(spec, keep, layer, tokens) if pruned else vision_macs(spec)
-    if pack is not None and pruned:
-        from prtk.predictor.model import predictor_macs
-
-        macs += predictor_macs(spec, tower.scorer.predictor.config)
     return {
         "format": FORMAT,
         "prtk_version": __version__,
@@ -158,9 +161,12 @@ def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack
         },
         "pack": None if pack is None else {"sha256": file_sha256(config.pack), "ranking": pack.meta.get("ranking"),
                                            "training_data": pack.meta.get("training_data")},
-        "gflops": gflops(macs),
+        "gflops": tower_gflops(spec, tower, pack is not None),
         "precision": config.precision,
-        "opset": config.opset,
+        "opset": config.graph_opset,
+        "optimize": config.optimize,
+        "runtimes": list(config.level.runtimes),
+        "graph": structure.as_dict(),
         "input": {"name": INPUT_NAME, "shape": [BATCH, 3, spec.image_size, spec.image_size], "dtype": "float32",
                   "layout": "NCHW", "color": "RGB", "scale": "pixel / 255, then (x - mean) / std per channel",
                   "mean": list(preprocess.get("mean", ())), "std": list(preprocess.get("std", ())),
@@ -169,8 +175,22 @@ def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack
                              "crop": "center"}},
         "outputs": outputs,
         "export": {key: value for key, value in asdict(config).items()
-                   if key in ("normalize", "kept_indices", "tokens", "opset", "fp16")},
+                   if key in ("normalize", "kept_indices", "tokens", "fp16", "optimize")}
+        | {"opset": config.graph_opset},
     }
+
+
+def tower_gflops(spec, tower, with_predictor: bool) -> float:
+    """GFLOPs per image of ``tower`` (a ``PrunedVisionTower`` or the unpruned visual), by the cost model, with the
+    pack's predictor where it scores the patches."""
+    if not isinstance(tower, PrunedVisionTower):
+        return gflops(vision_macs(spec))
+    macs = vision_macs(spec, tower.keep, tower.layer, tower.num_learnable_tokens)
+    if with_predictor:
+        from prtk.predictor.model import predictor_macs
+
+        macs += predictor_macs(spec, tower.scorer.predictor.config)
+    return gflops(macs)
 
 
 @dataclass(frozen=True)

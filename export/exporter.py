@@ -28,7 +28,10 @@ from prtk.pruning.tower import check_keeps
 from .artifact import describe
 from .checks import CheckResult, Tolerance, check_onnx, check_runtime, check_tensorrt_readiness
 from .deployed import INPUT_NAME, DeployedTower
-from .onnx_graph import PROTOBUF_LIMIT, annotate, fold_constants, save_model, tidy, trace
+from .lean_blocks import export_blocks
+from .levels import DEFAULT_LEVEL, OptimizeLevel, optimize_level
+from .onnx_graph import PROTOBUF_LIMIT, annotate, fold_constants, graph_structure, save_model, tidy, trace
+from .onnxruntime_ops import CUSTOM_OPSETS
 
 MIN_OPSET = 17  # LayerNormalization as one op
 
@@ -54,16 +57,22 @@ class ExportConfig:
     kept_indices: bool = True
     classes: tuple[str, ...] = ()  # bake a zero-shot classifier over these class names into a "logits" output
     fp16: bool = False
-    opset: int = MIN_OPSET
+    optimize: str = DEFAULT_LEVEL  # O0, O1 or O2 (prtk.export.lean_blocks)
+    opset: int | None = None  # None: the level's default
     seed: int = 0
     check: bool = True
     external_threshold: int = PROTOBUF_LIMIT  # bytes above which weights go to a .data file
 
     def check_values(self) -> None:
         check_keeps(self.keeps)
-        if not MIN_OPSET <= self.opset <= max_opset():
+        optimize_level(self.optimize)
+        if not MIN_OPSET <= self.graph_opset <= max_opset():
             raise PrtkInputError(f"opset must be in [{MIN_OPSET}, {max_opset()}] (LayerNormalization needs "
-                                 f"{MIN_OPSET}; {max_opset()} is the newest this torch exports), got {self.opset}")
+                                 f"{MIN_OPSET}; {max_opset()} is the newest this torch exports), "
+                                 f"got {self.graph_opset}")
+        if self.fp16 and not self.level.portable:
+            raise PrtkInputError(f"--fp16 is not available at --optimize {self.optimize}: its fused operators are "
+                                 "checked on ONNX Runtime's CPU kernels, which compute in fp32; use O1 for fp16")
         if self.pack is None and self.scorer not in EXPORTABLE_BASELINES:
             raise PrtkInputError(f"scorer must be one of {', '.join(EXPORTABLE_BASELINES)} without --pack, "
                                  f"got {self.scorer!r}")
@@ -76,6 +85,16 @@ class ExportConfig:
     @property
     def precision(self) -> str:
         return "fp16" if self.fp16 else "fp32"
+
+    @property
+    def level(self) -> OptimizeLevel:
+        return optimize_level(self.optimize)
+
+    @property
+    def graph_opset(self) -> int:
+        """The opset the graphs are written at: ``opset``, or the level's default (20 at O1/O2, where Gelu is one
+        op, but never above what the installed torch exports; 17 at O0)."""
+        return self.opset if self.opset is not None else min(self.level.default_opset, max_opset())
 
 
 @dataclass
@@ -172,15 +191,19 @@ def _export_one(clip: LoadedClip, config: ExportConfig, module: DeployedTower, p
                 out_dir: Path, check_images: torch.Tensor | None) -> ExportRecord:
     spec = clip.spec
     example = torch.zeros(2, 3, spec.image_size, spec.image_size)
-    model = tidy(fold_constants(trace(module, example, INPUT_NAME, module.output_names, config.opset)))
+    custom_opsets = None if config.level.portable else CUSTOM_OPSETS
+    with export_blocks(clip.visual, config.optimize):
+        traced = trace(module, example, INPUT_NAME, module.output_names, config.graph_opset, custom_opsets)
+    model = tidy(fold_constants(traced))
     if config.fp16:
         from .fp16 import convert_to_fp16
 
         model = convert_to_fp16(model)
-    meta = describe(clip, config, module, pack, keep)
+    meta = describe(clip, config, module, pack, keep, graph_structure(model))
     annotate(model, {"prtk": json.dumps(meta, sort_keys=True)}, __version__)
     stem = export_name(clip.name, keep, config.precision)
-    readiness = check_tensorrt_readiness(model) if config.check else None  # before saving moves weights out
+    readiness = (check_tensorrt_readiness(model)  # before saving moves weights out
+                 if config.check and config.level.portable else None)
     staging = out_dir / f".{stem}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -190,7 +213,8 @@ def _export_one(clip: LoadedClip, config: ExportConfig, module: DeployedTower, p
         checks.append(check_onnx(staged[0]))
         if check_images is not None:
             checks.append(check_runtime(staged[0], module, check_images, Tolerance.for_precision(config.precision)))
-        checks.append(readiness)
+        if readiness is not None:
+            checks.append(readiness)
     sidecar = meta | {"files": [file.name for file in staged], "checks": [check.as_dict() for check in checks]}
     write_json_atomic(staging / f"{stem}.json", sidecar)
     path = out_dir / f"{stem}.onnx"

@@ -1,10 +1,11 @@
 """From a torch module to a clean, deterministic ONNX graph: trace, fold, tidy, annotate, save; and back: what a
-saved graph is (``graph_facts``: its input, outputs, precision, normalisation and embedded description).
+saved graph is (``graph_facts``: its input, outputs, precision, normalisation and embedded description;
+``graph_structure``: its size per transformer block and its fused operators).
 
-The graph is traced with torch's TorchScript-based exporter at a fixed opset (LayerNormalization is one
-op from opset 17), constant-folded with onnx-graphsurgeon (shape arithmetic on static dimensions
-becomes constants, so only the batch dimension stays symbolic), then tidied for TensorRT: every
-input's and output's first dimension is named ``batch`` and Slice bounds are clamped to int32.
+The graph is traced with torch's TorchScript-based exporter (see ``trace`` for why not the torch.export one),
+constant-folded with onnx-graphsurgeon (shape arithmetic on static dimensions becomes constants, so only the
+batch dimension stays symbolic), then tidied for TensorRT: every input's and output's first dimension is named
+``batch`` and Slice bounds are clamped to int32.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 import warnings
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +36,18 @@ PROTOBUF_LIMIT = 2 ** 31 - 1  # bytes: larger models keep their weights in an ex
 
 
 def trace(module: torch.nn.Module, example: torch.Tensor, input_name: str, output_names: list[str],
-          opset: int) -> onnx.ModelProto:
+          opset: int, custom_opsets: dict[str, int] | None = None) -> onnx.ModelProto:
     """Export ``module(example)`` with a dynamic batch dimension and everything else static.
 
-    The TorchScript-based exporter (deprecated since torch 2.9, still shipped) is used on purpose: its
-    graphs fold to static shapes that ONNX Runtime's symbolic shape inference follows end to end, which the
-    readiness check relies on; its deprecation warning is silenced here.
+    Why the TorchScript-based exporter (deprecated since torch 2.9, still shipped) and not ``dynamo=True``:
+    ``--optimize O2`` writes ONNX Runtime's fused operators through ``torch.autograd.Function.symbolic``, which
+    only this exporter honours (the torch.export one needs onnxscript translation functions and onnxscript, not
+    a prtk dependency); on the lean blocks it already gives 23 nodes per block (the torch.export exporter on
+    open_clip's own ViT-B/16 blocks gives 52, unfused, with torch 2.13); and its graphs fold to static shapes
+    that ONNX Runtime's symbolic shape inference follows end to end, which the readiness check relies on. So its
+    deprecation warning is silenced here, and only here; so are the tracer's warnings about Python ints taken
+    from tensor shapes, which are static in every prtk graph (only the batch varies, and no shape is read
+    from it).
     """
     axes = {name: {0: BATCH} for name in [input_name, *output_names]}
     with tempfile.TemporaryDirectory() as folder, torch.inference_mode(False), torch.no_grad():
@@ -47,10 +56,10 @@ def trace(module: torch.nn.Module, example: torch.Tensor, input_name: str, outpu
             warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export",
                                     DeprecationWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shape checks on static dims
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
                               input_names=[input_name], output_names=output_names, dynamic_axes=axes,
-                              do_constant_folding=True)
+                              do_constant_folding=True, custom_opsets=custom_opsets)
         return onnx.load(str(path))
 
 
@@ -115,16 +124,27 @@ def _static_output_shapes(model: onnx.ModelProto) -> None:
 
 def infer_symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX Runtime's symbolic shape inference (dimensions as expressions of ``batch``); raises when it cannot
-    follow the graph. Runs in a scratch folder: on failure the tool saves a file in the working directory."""
+    follow the graph. Reductions that take their axes as an input (opset 18) are inferred like ReduceSum: the
+    tool does so for ReduceSum and ReduceMean only, and ONNX's single-node inference cannot see the axes. The
+    body is the tool's ``infer_shapes`` with that one addition to its dispatch table (its internals, stable
+    across the ONNX Runtime versions ``constraints.txt`` pins); unlike ``infer_shapes`` it writes no file."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    previous = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="prtk-shapes-") as scratch:
-        os.chdir(scratch)
-        try:
-            return SymbolicShapeInference.infer_shapes(model, auto_merge=False, guess_output_rank=False)
-        finally:
-            os.chdir(previous)
+    inference = SymbolicShapeInference(2 ** 31 - 1, False, False, 0)
+    for op in AXES_INPUT_REDUCTIONS:
+        inference.dispatcher_.setdefault(op, inference._infer_ReduceSum)
+    inference._preprocess(model)
+    complete = False
+    while inference.run_:
+        complete = inference._infer_impl()
+    inference._update_output_from_vi()
+    if not complete:
+        raise ValueError("incomplete symbolic shape inference")
+    return inference.out_mp_
+
+
+AXES_INPUT_REDUCTIONS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMin",
+                         "ReduceProd", "ReduceSumSquare")
 
 
 def annotate(model: onnx.ModelProto, metadata: dict[str, str], version: str) -> onnx.ModelProto:
@@ -168,6 +188,7 @@ class GraphFacts:
     precision: str  # fp16 when its large floating-point weights are float16, else fp32
     l2_normalizes: bool  # has a ReduceL2 (F.normalize)
     description: dict | None  # the JSON under metadata_props["prtk"]
+    custom_domains: tuple[str, ...]  # operator domains beyond ONNX's own (com.microsoft: ONNX Runtime only)
 
 
 def load_graph(path: Path) -> onnx.ModelProto:
@@ -200,4 +221,36 @@ def graph_facts(model: onnx.ModelProto) -> GraphFacts:
                       outputs=[value_facts(output) for output in model.graph.output],
                       precision="fp16" if fp16 else "fp32",
                       l2_normalizes=any(node.op_type == "ReduceL2" for node in model.graph.node),
-                      description=description)
+                      description=description, custom_domains=custom_domains(model))
+
+
+def custom_domains(model: onnx.ModelProto) -> tuple[str, ...]:
+    """The operator domains of ``model``'s nodes beyond ONNX's own, sorted."""
+    return tuple(sorted({node.domain for node in model.graph.node} - ONNX_DOMAINS))
+
+
+ONNX_DOMAINS = {"", "ai.onnx"}
+BLOCK_SCOPE = re.compile(r"/resblocks\.(\d+)/")  # TorchScript names nodes by module path: .../resblocks.3/...
+
+
+@dataclass(frozen=True)
+class GraphStructure:
+    """How big a graph is and what it fused: ``nodes`` in all, the most in one transformer block (nodes are
+    assigned to blocks by the module path the exporter names them with), and the count of each operator
+    outside ONNX's own domain (``com.microsoft`` fused operators)."""
+
+    nodes: int
+    blocks: int
+    nodes_per_block: int
+    fused_operators: dict[str, int]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def graph_structure(model: onnx.ModelProto) -> GraphStructure:
+    per_block = Counter(match.group(1) for node in model.graph.node if (match := BLOCK_SCOPE.search(node.name)))
+    fused = Counter(node.op_type for node in model.graph.node if node.domain not in ONNX_DOMAINS)
+    return GraphStructure(nodes=len(model.graph.node), blocks=len(per_block),
+                          nodes_per_block=max(per_block.values(), default=0),
+                          fused_operators=dict(sorted(fused.items())))

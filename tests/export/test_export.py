@@ -63,7 +63,7 @@ def test_export_writes_checked_deterministic_graphs_with_metadata(run_cli, shape
     assert sidecar["input"]["shape"] == ["batch", 3, 64, 64] and len(sidecar["input"]["mean"]) == 3
     assert [(o["name"], o["shape"]) for o in sidecar["outputs"]] == [
         ("embedding", ["batch", 128]), ("logits", ["batch", 3]), ("kept_indices", ["batch", 38])]
-    assert model.opset_import[0].version == 17
+    assert model.opset_import[0].version == 20 and sidecar["optimize"] == "O1"  # the default level and its opset
     assert "LayerNormalization" in {node.op_type for node in model.graph.node}
     dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.output]
     assert dims == [["batch", 128], ["batch", 3], ["batch", 38]]

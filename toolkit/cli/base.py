@@ -10,6 +10,7 @@ import sys
 import click
 
 from prtk.core.errors import PrtkInputError
+from prtk.export.levels import DEFAULT_LEVEL, OPTIMIZE_LEVELS
 
 
 class PrtkInputUsageError(click.ClickException):
@@ -150,6 +151,11 @@ def force_option(what: str = "Overwrite an existing --json file."):
     """``--force``, with what it overwrites or discards."""
     return click.option("--force", is_flag=True, help=what)
 
+
+optimize_option = click.option(
+    "--optimize", type=click.Choice(list(OPTIMIZE_LEVELS)), default=DEFAULT_LEVEL, show_default=True,
+    help="Graph optimisation level: " + "; ".join(f"{level.name} {level.summary}" for level in OPTIMIZE_LEVELS.values())
+    + ". O2 runs on ONNX Runtime only.")
 
 pack_layer_option = click.option(
     "--layer", type=int, default=None,

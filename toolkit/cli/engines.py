@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from prtk.cli.base import (PrtkCommand, check_json_destination, check_output, emit_json, force_option, json_option,
-                           load_model_from_options, model_options, pack_layer_option, parse_counts, parse_keeps,
-                           weights_inputs)
+                           load_model_from_options, model_options, optimize_option, pack_layer_option, parse_counts,
+                           parse_keeps, weights_inputs)
 from prtk.cli.render import print_bench_table
 
 
@@ -45,6 +45,7 @@ def build_engine_command(target, precision, batch_profile, workspace, timing_cac
 @pack_layer_option
 @click.option("--backend", "backends", default="torch,onnxruntime", show_default=True, metavar="B[,B...]",
               help="Among torch, onnxruntime, tensorrt (TensorRT needs a GPU and the tensorrt package).")
+@optimize_option
 @click.option("--batch", "batches", default="1,8,32", show_default=True, metavar="N[,N...]", help="Batch sizes.")
 @click.option("--device", default="cpu", show_default=True,
               help="cpu or cuda[:N]; on cuda onnxruntime uses its CUDA provider.")
@@ -56,7 +57,8 @@ def build_engine_command(target, precision, batch_profile, workspace, timing_cac
 @json_option("the rows")
 @force_option()
 def bench_command(model_name, pretrained, checkpoint, model_config, random_weights, seed, pack, no_tokens, scorer,
-                  keeps, layer, backends, batches, device, precision, warmup, iterations, seconds, json_path, force):
+                  keeps, layer, backends, optimize, batches, device, precision, warmup, iterations, seconds, json_path,
+                  force):
     """Latency (median, p90, p99), images/s, GFLOPs and speedup over the unpruned tower per backend, keep, batch.
 
     The unpruned tower is measured on every backend and batch too; the speedup is beside the cost-model
@@ -67,7 +69,7 @@ def bench_command(model_name, pretrained, checkpoint, model_config, random_weigh
     from prtk.engines.benchmark import BenchConfig, Timing, run_bench
 
     config = BenchConfig(keeps=parse_keeps(keeps), pack=pack, tokens=not no_tokens, scorer=scorer, layer=layer,
-                         backends=tuple(b.strip() for b in backends.split(",")),
+                         optimize=optimize, backends=tuple(b.strip() for b in backends.split(",")),
                          batches=parse_counts(batches, "--batch"), device=device, precision=precision, seed=seed,
                          timing=Timing(warmup, iterations, seconds))
     config.check()

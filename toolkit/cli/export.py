@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from prtk.cli.base import (PrtkCommand, check_json_destination, emit_json, force_option, json_option,
-                           load_model_from_options, model_options, pack_layer_option, parse_keeps, weights_inputs)
+                           load_model_from_options, model_options, optimize_option, pack_layer_option, parse_keeps,
+                           weights_inputs)
 from prtk.cli.render import print_export_table
 from prtk.core.files import check_writable_folder
 
@@ -29,8 +30,10 @@ from prtk.core.files import check_writable_folder
 @click.option("--no-kept-indices", is_flag=True, help="Leave out the 'kept_indices' output [B, k].")
 @click.option("--no-tokens", is_flag=True, help="With --pack: leave out its learnable tokens.")
 @click.option("--fp16", is_flag=True, help="fp16 weights and activations; LayerNorm, softmax and I/O stay fp32.")
-@click.option("--opset", type=int, default=17, show_default=True,
-              help="ONNX opset, from 17 (LayerNormalization as one op) to the newest the installed torch exports (20).")
+@optimize_option
+@click.option("--opset", type=int, default=None,
+              help="ONNX opset, from 17 (LayerNormalization as one op) to the newest the installed torch exports (20). "
+                   "[default: 20 at O1/O2, where Gelu is one op; 17 at O0]")
 @click.option("--data", "check_data", metavar="DIR", default=None,
               help="ImageFolder whose images feed the ONNX Runtime check  [default: generated shapes images]")
 @click.option("--check-images", type=int, default=8, show_default=True,
@@ -40,14 +43,17 @@ from prtk.core.files import check_writable_folder
 @force_option("Overwrite existing exports.")
 @click.pass_context
 def export_command(ctx, model_name, pretrained, checkpoint, model_config, random_weights, seed, pack, scorer, keeps,
-                   layer, out_dir, full, classes_path, no_normalize, no_kept_indices, no_tokens, fp16, opset,
+                   layer, out_dir, full, classes_path, no_normalize, no_kept_indices, no_tokens, fp16, optimize, opset,
                    check_data, check_images, no_check, json_path, force):
     """Export static-shape ONNX graphs, one per keep ratio, and check each.
 
     Each graph maps images [batch,3,H,W] to an embedding [batch,E] with the scorer, a constant-K TopK,
-    the gather and the learnable tokens inside; only the batch dimension is dynamic. Checks (a table;
-    any failure exits 1): onnx.checker full check, ONNX Runtime against PyTorch (max abs diff <= 1e-4
-    in fp32, identical kept indices) and TensorRT readiness. The same inputs give byte-identical files.
+    the gather and the learnable tokens inside; only the batch dimension is dynamic. --optimize O1 (the
+    default) writes every transformer block as 23 standard nodes that TensorRT and ONNX Runtime fuse; O2
+    writes ONNX Runtime's fused operators (ONNX Runtime only: build-engine refuses it); O0 traces open_clip's
+    blocks as they are. Checks (a table; any failure exits 1): onnx.checker full check, ONNX Runtime against
+    PyTorch (max abs diff <= 1e-4 in fp32, identical kept indices) and TensorRT readiness (not at O2). The
+    same inputs give byte-identical files.
     """
     from prtk.core.console import progress_bar
     from prtk.export.checks import load_check_images
@@ -55,7 +61,8 @@ def export_command(ctx, model_name, pretrained, checkpoint, model_config, random
 
     config = ExportConfig(keeps=parse_keeps(keeps), pack=pack, scorer=scorer, layer=layer, tokens=not no_tokens,
                           full=full, normalize=not no_normalize, kept_indices=not no_kept_indices,
-                          classes=read_class_names(classes_path) if classes_path else (), fp16=fp16, opset=opset,
+                          classes=read_class_names(classes_path) if classes_path else (), fp16=fp16, optimize=optimize,
+                          opset=opset,
                           seed=seed, check=not no_check)
     config.check_values()
     inputs = weights_inputs(checkpoint, model_config) | {"--pack": pack, "--classes": classes_path}

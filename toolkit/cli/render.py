@@ -32,11 +32,15 @@ def print_export_table(records, source: str, to_stderr: bool) -> None:
     for record in records:
         pruning = record.meta["pruning"]
         size = sum(file.stat().st_size for file in record.files) / 2 ** 20
+        graph = record.meta["graph"]
+        fused = ", ".join(f"{count} {op}" for op, count in graph["fused_operators"].items()) or "-"
         rows.append(["full" if pruning is None else f"{pruning['keep']:g}",
                      "-" if pruning is None else str(pruning["keep_count"]), f"{record.meta['gflops']:.3f}",
-                     f"{size:.1f}", *("pass" if check.passed else "FAIL" for check in record.checks)])
+                     f"{size:.1f}", record.meta["optimize"], str(graph["nodes"]), str(graph["nodes_per_block"]),
+                     fused, *("pass" if check.passed else "FAIL" for check in record.checks)])
     print_table(f"ONNX exports (checks on {source})" if names else "ONNX exports (checks skipped)",
-                ["keep", "k", "GFLOPs", "MiB", *names], rows, console=console)
+                ["keep", "k", "GFLOPs", "MiB", "level", "nodes", "per block", "fused", *names], rows,
+                console=console)
     for record in records:
         for check in record.checks:
             console.print(f"{record.path.name}: {check.name}: {'pass' if check.passed else 'FAIL'}: {check.detail}",

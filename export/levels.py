@@ -1,0 +1,40 @@
+"""The ``--optimize`` levels of an export (``prtk.export.lean_blocks`` builds their blocks); torch-free, so that
+the CLI can offer them without importing torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prtk.core.errors import PrtkInputError
+
+
+@dataclass(frozen=True)
+class OptimizeLevel:
+    """One ``--optimize`` level: what its blocks are, the opset it exports at by default, who runs it."""
+
+    name: str
+    summary: str
+    default_opset: int
+    runtimes: tuple[str, ...]
+
+    @property
+    def portable(self) -> bool:
+        """Standard ONNX that TensorRT builds (else ONNX Runtime's own operators)."""
+        return "tensorrt" in self.runtimes
+
+
+OPTIMIZE_LEVELS = {level.name: level for level in (
+    OptimizeLevel("O0", "open_clip's blocks as traced (nn.MultiheadAttention spelled out)", 17,
+                  ("onnxruntime", "tensorrt")),
+    OptimizeLevel("O1", "portable: attention as MatMul-Softmax-MatMul, constant reshapes, Gelu as one op", 20,
+                  ("onnxruntime", "tensorrt")),
+    OptimizeLevel("O2", "O1 with ONNX Runtime's fused operators (Attention, SkipLayerNormalization, BiasGelu)", 20,
+                  ("onnxruntime",)),
+)}
+DEFAULT_LEVEL = "O1"
+
+
+def optimize_level(name: str) -> OptimizeLevel:
+    if name not in OPTIMIZE_LEVELS:
+        raise PrtkInputError(f"optimisation level must be one of {', '.join(OPTIMIZE_LEVELS)}, got {name!r}")
+    return OPTIMIZE_LEVELS[name]
