@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from prtk.core.errors import PrtkInputError
-from prtk.export.levels import optimize_level
+from prtk.export.levels import DEFAULT_LEVEL, optimize_level
 from prtk.pruning.cost import block_cost_ratio
 from prtk.models import LoadedClip
 from prtk.pruning.tower import check_keeps, default_layer
@@ -46,7 +46,7 @@ class BenchConfig:
     tokens: bool = True  # the pack's learnable tokens
     scorer: str = "cls-attention"
     layer: int | None = None
-    optimize: str = "O1"  # the exported graphs' level (prtk.export.lean_blocks)
+    optimize: str = DEFAULT_LEVEL  # the exported graphs' level (prtk.export.levels)
     backends: tuple[str, ...] = ("torch", "onnxruntime")
     batches: tuple[int, ...] = (1, 8, 32)
     device: str = "cpu"

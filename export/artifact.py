@@ -175,7 +175,7 @@ def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack
                              "crop": "center"}},
         "outputs": outputs,
         "export": {key: value for key, value in asdict(config).items()
-                   if key in ("normalize", "kept_indices", "tokens", "fp16", "optimize")}
+                   if key in ("normalize", "kept_indices", "tokens", "fp16")}
         | {"opset": config.graph_opset},
     }
 

@@ -72,6 +72,10 @@ class FusedBlock(LeanBlock):
     SkipLayerNormalization (out-projection bias + residual + ln_2), MatMul, BiasGelu (QuickGelu), MatMul and the
     residual. A LayerScale is folded into the projection before it; an MLP of another form stays plain."""
 
+    def __init__(self, block: nn.Module):
+        super().__init__(block)
+        self.activation = _fusable_activation(block.mlp)  # None: the MLP stays plain
+
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         attn = self.attn
         hidden = FusedAttention.apply(_layer_norm(self.ln_1, x), attn.in_proj_weight.t(), attn.in_proj_bias,
@@ -82,11 +86,10 @@ class FusedBlock(LeanBlock):
 
     def mlp_branch(self, hidden: torch.Tensor) -> torch.Tensor:
         """``ls_2(mlp(hidden))`` on ln_2's output ``[B,T,D]``."""
-        activation = _fusable_activation(self.mlp)
-        if activation is None:
+        if self.activation is None:
             return self.ls_2(self.mlp(hidden))
         fc = self.mlp.c_fc
-        if activation == "gelu":
+        if self.activation == "gelu":
             hidden = BiasGelu.apply(hidden @ fc.weight.t(), fc.bias)
         else:
             hidden = QuickGelu.apply(F.linear(hidden, fc.weight, fc.bias))
