@@ -1,4 +1,5 @@
-"""One runner interface for every backend: the PyTorch module, an ONNX Runtime session, a TensorRT engine.
+"""One runner interface for every backend: the PyTorch module, an ONNX Runtime session, an OpenVINO compiled model,
+a TensorRT engine.
 
 A runner takes preprocessed images ``[B,3,H,W]`` (float32, CPU) through ``prepare`` (moved to where the
 backend reads them, once, outside any timing), runs them with ``infer`` and hands back the outputs by
@@ -98,6 +99,40 @@ class OnnxRuntimeRunner(Runner):
 
     def fetch(self, outputs: list[np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, outputs, strict=True))
+
+
+class OpenVinoRunner(Runner):
+    """An ONNX file compiled by OpenVINO for its CPU plugin: latency hint (one stream over every core, the way one
+    request at a time runs fastest) and float parts in fp32 (no silent bf16 on CPUs that have it); the int8 parts
+    of a quantized graph run in int8. OpenVINO's TBB thread pool makes a later ``fork()`` in the same process
+    unsafe (a torch DataLoader with workers crashed): prtk's commands that run it load their images in-process."""
+
+    name = "openvino"
+
+    def __init__(self, path: str | Path):
+        try:
+            import openvino
+        except ImportError:
+            raise PrtkInputError("OpenVINO is not installed here: pip install openvino") from None
+        core = openvino.Core()
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU",
+                                           {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+        self.request = self.compiled.create_infer_request()
+        self.input_name = self.compiled.inputs[0].get_any_name()
+        self.output_names = [output.get_any_name() for output in self.compiled.outputs]
+
+    def synchronize(self) -> None:
+        """``infer`` is synchronous: nothing is left queued."""
+
+    def prepare(self, images: torch.Tensor) -> np.ndarray:
+        return np.ascontiguousarray(images.numpy(), dtype=np.float32)
+
+    def infer(self, prepared: np.ndarray):
+        return self.request.infer({self.input_name: prepared})
+
+    def fetch(self, outputs) -> dict[str, np.ndarray]:
+        return {name: np.array(outputs[output]) for name, output in zip(self.output_names, self.compiled.outputs,
+                                                                        strict=True)}
 
 
 class TensorRTRunner(Runner):

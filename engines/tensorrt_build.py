@@ -19,13 +19,14 @@ from prtk.core.errors import PrtkInputError
 from prtk.export.onnx_graph import custom_domains, load_graph
 from prtk.export.onnxruntime_session import GPU_HINT
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """``precision``; ``batch`` (min, opt, max); ``workspace_gib`` the builder's scratch limit; ``timing_cache``
-    a file reused across builds (None: none)."""
+    """``precision`` (int8: explicit quantization from a Q/DQ graph, its float layers in fp16); ``batch`` (min, opt,
+    max); ``workspace_gib`` the builder's scratch limit; ``timing_cache`` a file reused across builds (None: none)."""
 
     precision: str = "fp16"
     batch: tuple[int, int, int] = (1, 8, 32)
@@ -76,7 +77,7 @@ def engine_sources(target: str | Path, precision: str, force: bool) -> list[Path
     if not sources or not all(path.is_file() for path in sources):
         raise PrtkInputError(f"no ONNX file at {target}")
     for source in sources:
-        check_portable(source)
+        check_buildable(source, precision)
         engine = engine_path(source, precision)
         for output in (engine, engine.with_suffix(".json")):
             check_not_an_input(output, {"ONNX": source, "ONNX sidecar": source.with_suffix(".json")})
@@ -84,12 +85,24 @@ def engine_sources(target: str | Path, precision: str, force: bool) -> list[Path
     return sources
 
 
-def check_portable(onnx_path: Path) -> None:
-    """Refuse a graph with operators outside ONNX's own domain (``--optimize O2``: ONNX Runtime's fused ones)."""
-    domains = custom_domains(load_graph(onnx_path))
+def check_buildable(onnx_path: Path, precision: str) -> None:
+    """Refuse, in one line, a graph TensorRT cannot build at ``precision``: operators outside ONNX's own domain
+    (``--optimize O2``), dynamic quantization (``--quantize int8-dynamic``), an int8 build from a graph without
+    Q/DQ nodes (TensorRT 10 builds int8 from explicit quantization only), a float build from a Q/DQ graph."""
+    model = load_graph(onnx_path)
+    domains = custom_domains(model)
     if domains:
         raise PrtkInputError(f"{onnx_path.name} holds {', '.join(domains)} operators (exported with --optimize O2, "
                              "for ONNX Runtime only): TensorRT cannot build it; export with --optimize O1")
+    ops = {node.op_type for node in model.graph.node}
+    if ops & {"DynamicQuantizeLinear", "MatMulInteger"}:
+        raise PrtkInputError(f"{onnx_path.name} is dynamically quantized (--quantize int8-dynamic, for ONNX Runtime "
+                             "and OpenVINO): TensorRT cannot build it; export with --quantize int8-static")
+    if precision == "int8" and not QDQ_OPS <= ops:
+        raise PrtkInputError(f"{onnx_path.name} has no Q/DQ nodes: an int8 engine is built from explicit "
+                             "quantization; export with --quantize int8-static --calib-data DIR")
+    if precision != "int8" and QDQ_OPS <= ops:
+        raise PrtkInputError(f"{onnx_path.name} is a Q/DQ (int8-static) graph: build it with --precision int8")
 
 
 def build_engines(sources: list[Path], config: EngineConfig, force: bool = False) -> Iterator[Path]:
@@ -107,7 +120,7 @@ def build_engine(onnx_path: str | Path, config: EngineConfig, force: bool = Fals
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise PrtkInputError(f"ONNX file not found: {onnx_path}")
-    check_portable(onnx_path)
+    check_buildable(onnx_path, config.precision)
     out = check_writable(engine_path(onnx_path, config.precision), force)
     check_writable(out.with_suffix(".json"), force)
     trt = require_tensorrt()
@@ -120,8 +133,10 @@ def build_engine(onnx_path: str | Path, config: EngineConfig, force: bool = Fals
         raise PrtkInputError(f"TensorRT cannot parse {onnx_path}: {errors}")
     builder_config = builder.create_builder_config()
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(config.workspace_gib * 2 ** 30))
+    if config.precision == "int8":
+        builder_config.set_flag(trt.BuilderFlag.INT8)  # where the graph's Q/DQ nodes say; the rest in fp16
     if config.precision != "fp32":
-        builder_config.set_flag(trt.BuilderFlag.FP16 if config.precision == "fp16" else trt.BuilderFlag.BF16)
+        builder_config.set_flag(trt.BuilderFlag.BF16 if config.precision == "bf16" else trt.BuilderFlag.FP16)
         builder_config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         _keep_sensitive_layers_fp32(trt, network)
     image = network.get_input(0)

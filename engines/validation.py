@@ -26,7 +26,9 @@ from prtk.export.artifact import ArtifactFile
 from prtk.export.onnxruntime_session import onnxruntime_optimization
 from prtk.models import LoadedClip
 
-from .runners import OnnxRuntimeRunner, Runner, TensorRTRunner
+from .runners import OnnxRuntimeRunner, OpenVinoRunner, Runner, TensorRTRunner
+
+ONNX_BACKENDS = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,12 @@ class Thresholds:
 
     @classmethod
     def for_precision(cls, precision: str, **overrides) -> Thresholds:
-        base = cls(99.9, 0.9999, 1e-4, 1e-4) if precision == "fp32" else cls(99.5, 0.999, 1e-2, 1e-2)
+        half = cls(99.5, 0.999, 1e-2, 1e-2)
+        base = {"fp32": cls(99.9, 0.9999, 1e-4, 1e-4), "fp16": half, "bf16": half, "int8": INT8_THRESHOLDS}[precision]
         return cls(**(asdict(base) | {key: value for key, value in overrides.items() if value is not None}))
+
+
+INT8_THRESHOLDS = Thresholds(99.0, 0.98, 0.1, 0.2, 0.5)  # worst-image criteria loose: int8 moves single images
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class ValidationReport:
     (mean, min, identical %; None without kept indices), the criteria, and per class."""
 
     artifact: str
+    backend: str
     precision: str
     model: str
     weights_sha256: str
@@ -98,14 +105,15 @@ class ValidationReport:
 
 def validate(clip: LoadedClip, artifact: ArtifactFile, data_root: str | Path, thresholds: Thresholds,
              pack_path: str | None = None, limit: int | None = None, batch_size: int = 64,
-             progress: Callable[[int, int], None] | None = None) -> ValidationReport:
-    """Run the artifact and its references over ``data_root``; ``report.passed`` is the verdict."""
+             progress: Callable[[int, int], None] | None = None, backend: str = "onnxruntime") -> ValidationReport:
+    """Run the artifact (an ONNX graph on ``backend``: ``ONNX_BACKENDS``; an engine on TensorRT) and its references
+    over ``data_root``; ``report.passed`` is the verdict."""
     from prtk.data.folder import ImageFolderDataset, class_display_name, make_loader
     from prtk.export.checks import kept_index_overlap
     from prtk.models.zeroshot import class_embeddings, zero_shot_logits
 
+    runner = artifact_runner(artifact, backend)
     reference = artifact.reference(clip, pack_path)
-    runner = artifact_runner(artifact)
     dataset = ImageFolderDataset(data_root, clip.preprocess, clip.spec.image_size, limit)
     classifier = class_embeddings(clip.model, clip.tokenizer, [class_display_name(c) for c in dataset.classes])
     columns: dict[str, list] = {name: [] for name in ("label", "unpruned", "pruned", "artifact", "cosine",
@@ -133,17 +141,34 @@ def validate(clip: LoadedClip, artifact: ArtifactFile, data_root: str | Path, th
         done += len(labels)
         if progress is not None:
             progress(done, len(dataset))
-    return _report(artifact, clip, dataset, columns, thresholds, str(data_root))
+    return _report(artifact, runner.name, clip, dataset, columns, thresholds, str(data_root))
 
 
-def artifact_runner(artifact: ArtifactFile) -> Runner:
-    """The runner of a deployed file: a TensorRT engine, or an ONNX graph in ONNX Runtime at its precision's level."""
+def check_backend(artifact: ArtifactFile, backend: str) -> None:
+    """Refuse a backend that cannot run ``artifact``: not an ONNX runtime, or one its sidecar does not list."""
+    if artifact.path.suffix == ".engine":
+        return
+    if backend not in ONNX_BACKENDS:
+        raise PrtkInputError(f"an ONNX graph is validated on one of {', '.join(ONNX_BACKENDS)}, got {backend!r}")
+    runtimes = artifact.sidecar.get("runtimes", ["onnxruntime", "tensorrt"])
+    standard_onnx = "tensorrt" in runtimes  # what OpenVINO reads, though sidecars older than it do not name it
+    if backend not in runtimes and not (backend == "openvino" and standard_onnx):
+        raise PrtkInputError(f"{artifact.path.name} runs on {', '.join(runtimes)} only (its sidecar's runtimes), "
+                             f"not on {backend}")
+
+
+def artifact_runner(artifact: ArtifactFile, backend: str = "onnxruntime") -> Runner:
+    """The runner of a deployed file: a TensorRT engine, or an ONNX graph on ``backend`` (ONNX Runtime at its
+    precision's optimisation level, or OpenVINO)."""
+    check_backend(artifact, backend)
     if artifact.path.suffix == ".engine":
         return TensorRTRunner(artifact.path)
+    if backend == "openvino":
+        return OpenVinoRunner(artifact.path)
     return OnnxRuntimeRunner(artifact.path, optimization=onnxruntime_optimization(artifact.precision))
 
 
-def _report(artifact: ArtifactFile, clip: LoadedClip, dataset, columns: dict, thresholds: Thresholds,
+def _report(artifact: ArtifactFile, backend: str, clip: LoadedClip, dataset, columns: dict, thresholds: Thresholds,
             data_root: str) -> ValidationReport:
     labels = np.array(columns["label"])
     predictions = {name: np.array(columns[name]) for name in ("unpruned", "pruned", "artifact")}
@@ -173,7 +198,7 @@ def _report(artifact: ArtifactFile, clip: LoadedClip, dataset, columns: dict, th
                                                        == predictions["pruned"][chosen]).mean()) if chosen.any()
                            else 0.0}
     return ValidationReport(
-        artifact=str(artifact.path), precision=artifact.precision, model=clip.name,
+        artifact=str(artifact.path), backend=backend, precision=artifact.precision, model=clip.name,
         weights_sha256=clip.weights_sha256, pruning=artifact.sidecar["pruning"],
         data={"root": data_root, "images": int(len(labels)), "classes": dataset.classes}, top1=top1,
         delta_vs_unpruned=top1["artifact"] - top1["unpruned"], delta_vs_pruned=delta_pruned, agreement=agreement,
@@ -197,7 +222,7 @@ def markdown_report(report: ValidationReport) -> str:
     top1, kept = report.top1, report.kept_overlap
     verdict = "PASS" if report.passed else f"FAIL ({', '.join(report.failed)})"
     lines = [f"# prtk validate: {Path(report.artifact).name} — {verdict}", "",
-             f"{report.model} ({report.precision}), {report.data['images']} images from "
+             f"{report.model} ({report.precision}, on {report.backend}), {report.data['images']} images from "
              f"`{report.data['root']}`.", "",
              "| model | top-1 % |", "|---|---|",
              f"| unpruned (PyTorch) | {top1['unpruned']:.2f} |", f"| pruned (PyTorch) | {top1['pruned']:.2f} |",

@@ -46,7 +46,7 @@ SIDECAR_SCHEMA: dict[str, tuple] = {
 }
 PRUNING_SCHEMA = {"scorer": (str,), "layer": (int,), "keep": NUMBER, "keep_count": (int,),
                   "num_learnable_tokens": (int,), "seed": (int, type(None))}
-OPTIONAL_SCHEMA = {"optimize": (str,), "runtimes": (list,), "graph": (dict,)}
+OPTIONAL_SCHEMA = {"optimize": (str,), "runtimes": (list,), "graph": (dict,), "quantization": (dict, type(None))}
 OUTPUT_SCHEMA = {"name": (str,), "shape": (list,), "dtype": (str,)}
 NOT_EMBEDDED = ("files", "checks", "tensorrt")  # added to the sidecar after the graph's description was embedded
 
@@ -130,9 +130,10 @@ def first_difference(left: object, right: object, where: str = "") -> str:
 
 
 def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack, keep: float | None,
-             structure: GraphStructure) -> dict:
+             structure: GraphStructure, quantization: dict | None = None) -> dict:
     """What an application needs to feed the graph, what validation needs to match it to its reference, and
-    which runtimes can run it (``optimize``, ``runtimes``, ``graph``: its size and fused operators)."""
+    which runtimes can run it (``optimize``, ``runtimes``, ``graph``: its size and fused operators;
+    ``quantization``: how an int8 graph was made, from ``prtk.export.quantize.quantize_graph``)."""
     spec = clip.spec
     tower = module.tower
     pruned = isinstance(tower, PrunedVisionTower)
@@ -165,8 +166,9 @@ def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack
         "precision": config.precision,
         "opset": config.graph_opset,
         "optimize": config.optimize,
-        "runtimes": list(config.level.runtimes),
+        "runtimes": list(config.runtimes),
         "graph": structure.as_dict(),
+        "quantization": quantization,
         "input": {"name": INPUT_NAME, "shape": [BATCH, 3, spec.image_size, spec.image_size], "dtype": "float32",
                   "layout": "NCHW", "color": "RGB", "scale": "pixel / 255, then (x - mean) / std per channel",
                   "mean": list(preprocess.get("mean", ())), "std": list(preprocess.get("std", ())),

@@ -25,7 +25,7 @@ class Tolerance:
 
     @classmethod
     def for_precision(cls, precision: str) -> Tolerance:
-        return cls(1e-4, 1.0) if precision == "fp32" else cls(1e-2, 0.95, precision)
+        return {"fp32": cls(1e-4, 1.0), "fp16": cls(1e-2, 0.95, "fp16"), "int8": cls(1e-1, 0.9, "int8")}[precision]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from prtk.core.files import (check_not_an_input, check_writable, commit_together
 from prtk.core.errors import PrtkInputError
 from prtk.models import LoadedClip
 from prtk.pruning.spec import EXPORTABLE_BASELINES, TowerSpec, build_tower
-from prtk.pruning.tower import check_keeps
+from prtk.pruning.tower import PrunedVisionTower, check_keeps
 
 from .artifact import describe
 from .checks import CheckResult, Tolerance, check_onnx, check_runtime, check_tensorrt_readiness
@@ -32,6 +32,8 @@ from .lean_blocks import export_blocks
 from .levels import DEFAULT_LEVEL, OptimizeLevel, optimize_level
 from .onnx_graph import PROTOBUF_LIMIT, annotate, fold_constants, graph_structure, save_model, tidy, trace
 from .onnxruntime_ops import CUSTOM_OPSETS
+from .quantize import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD, CalibrationImages, QuantizationConfig,
+                       load_calibration_images, quantize_graph)
 
 MIN_OPSET = 17  # LayerNormalization as one op
 
@@ -57,6 +59,11 @@ class ExportConfig:
     kept_indices: bool = True
     classes: tuple[str, ...] = ()  # bake a zero-shot classifier over these class names into a "logits" output
     fp16: bool = False
+    quantize: str | None = None  # int8-dynamic or int8-static (prtk.export.quantize)
+    calib_data: str | None = None  # int8-static: the ImageFolder its activation scales are calibrated on
+    calib_images: int = DEFAULT_CALIBRATION_IMAGES
+    calib_method: str = DEFAULT_CALIBRATION_METHOD
+    before_pruning: str | None = None  # int8 or float: the blocks before the pruning layer (None: the mode's)
     optimize: str = DEFAULT_LEVEL  # O0, O1 or O2 (prtk.export.lean_blocks)
     opset: int | None = None  # None: the level's default
     seed: int = 0
@@ -73,6 +80,16 @@ class ExportConfig:
         if self.fp16 and not self.level.portable:
             raise PrtkInputError(f"--fp16 is not available at --optimize {self.optimize}: its fused operators are "
                                  "checked on ONNX Runtime's CPU kernels, which compute in fp32; use O1 for fp16")
+        if self.before_pruning is not None and self.quantize is None:
+            raise PrtkInputError("--before-pruning is for int8 graphs: add --quantize int8-dynamic or int8-static")
+        if self.quantization is not None:
+            if self.fp16:
+                raise PrtkInputError(f"--fp16 and --quantize {self.quantize} exclude each other: an int8 graph keeps "
+                                     "its float parts in fp32")
+            if self.quantize == "int8-static" and not self.level.portable:
+                raise PrtkInputError(f"--quantize int8-static is not available at --optimize {self.optimize}: ONNX "
+                                     "Runtime's quantizer does not place Q/DQ around its fused operators; use O1")
+            self.quantization.check()
         if self.pack is None and self.scorer not in EXPORTABLE_BASELINES:
             raise PrtkInputError(f"scorer must be one of {', '.join(EXPORTABLE_BASELINES)} without --pack, "
                                  f"got {self.scorer!r}")
@@ -83,8 +100,27 @@ class ExportConfig:
                          tokens=self.tokens, seed=self.seed)
 
     @property
+    def quantization(self) -> QuantizationConfig | None:
+        if self.quantize is None:
+            return None
+        return QuantizationConfig(self.quantize, self.calib_data, self.calib_images, self.calib_method, self.seed,
+                                  self.before_pruning)
+
+    @property
     def precision(self) -> str:
-        return "fp16" if self.fp16 else "fp32"
+        """What the graph's weights are: fp32, fp16 or int8."""
+        return "int8" if self.quantize else "fp16" if self.fp16 else "fp32"
+
+    @property
+    def variant(self) -> str:
+        """The precision variant, as file names and benchmarks say it: fp32, fp16, int8-dynamic or int8-static."""
+        return self.quantize or self.precision
+
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        """Who runs the graphs: the level's runtimes, less TensorRT for int8-dynamic (no dynamic quantization)."""
+        runtimes = self.level.runtimes
+        return tuple(r for r in runtimes if r != "tensorrt") if self.quantize == "int8-dynamic" else runtimes
 
     @property
     def level(self) -> OptimizeLevel:
@@ -115,10 +151,11 @@ class ExportRecord:
         return self.meta | {"path": str(self.path)}
 
 
-def export_name(model: str, keep: float | None, precision: str) -> str:
-    """``<model>_keep0.60`` (``<model>_full`` for the unpruned tower), ``_fp16`` appended in fp16."""
+def export_name(model: str, keep: float | None, variant: str) -> str:
+    """``<model>_keep0.60`` (``<model>_full`` for the unpruned tower), ``_<variant>`` appended unless fp32
+    (``_fp16``, ``_int8-dynamic``, ``_int8-static``)."""
     stem = f"{model}_full" if keep is None else f"{model}_keep{keep:.2f}"
-    return stem + ("_fp16" if precision == "fp16" else "")
+    return stem + ("" if variant == "fp32" else f"_{variant}")
 
 
 def export_models(clip: LoadedClip, config: ExportConfig, out_dir: str | Path, check_images: torch.Tensor | None,
@@ -131,9 +168,11 @@ def export_models(clip: LoadedClip, config: ExportConfig, out_dir: str | Path, c
     pack = load_export_pack(clip, config)
     classifier = _classifier(clip, config.classes)
     modules = [deployed_tower(clip, config, pack, keep, classifier) for keep in targets]  # refuse before writing
+    calibration = (load_calibration_images(config.quantization, clip.preprocess, clip.spec.image_size)
+                   if config.quantize == "int8-static" else None)
     records = []
     for done, (keep, module) in enumerate(zip(targets, modules, strict=True)):
-        records.append(_export_one(clip, config, module, pack, keep, out_dir, check_images))
+        records.append(_export_one(clip, config, module, pack, keep, out_dir, check_images, calibration))
         if progress is not None:
             progress(done + 1, len(targets))
     return records
@@ -148,7 +187,7 @@ def check_export_outputs(model: str, config: ExportConfig, out_dir: str | Path, 
     finish_commits(out_dir)
     targets: list[float | None] = [*config.keeps, *([None] if config.full else [])]
     for keep in targets:
-        stem = export_name(model, keep, config.precision)
+        stem = export_name(model, keep, config.variant)
         for suffix in (".onnx", ".onnx.data", ".json"):
             check_not_an_input(out_dir / f"{stem}{suffix}", inputs or {})
         for suffix in (".onnx", ".json"):
@@ -188,7 +227,8 @@ def _logit_scale(clip: LoadedClip) -> float:
 
 
 def _export_one(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack, keep: float | None,
-                out_dir: Path, check_images: torch.Tensor | None) -> ExportRecord:
+                out_dir: Path, check_images: torch.Tensor | None,
+                calibration: CalibrationImages | None = None) -> ExportRecord:
     spec = clip.spec
     example = torch.zeros(2, 3, spec.image_size, spec.image_size)
     custom_opsets = None if config.level.portable else CUSTOM_OPSETS
@@ -199,11 +239,17 @@ def _export_one(clip: LoadedClip, config: ExportConfig, module: DeployedTower, p
         from .fp16 import convert_to_fp16
 
         model = convert_to_fp16(model)
-    meta = describe(clip, config, module, pack, keep, graph_structure(model))
+    quantization = None
+    if config.quantization is not None:
+        float_prefix = isinstance(module.tower, PrunedVisionTower) and \
+            config.quantization.blocks_before_pruning == "float"
+        float_blocks = module.tower.layer if float_prefix else 0
+        model, quantization = quantize_graph(model, config.quantization, calibration, float_blocks)
+    meta = describe(clip, config, module, pack, keep, graph_structure(model), quantization)
     annotate(model, {"prtk": json.dumps(meta, sort_keys=True)}, __version__)
-    stem = export_name(clip.name, keep, config.precision)
+    stem = export_name(clip.name, keep, config.variant)
     readiness = (check_tensorrt_readiness(model)  # before saving moves weights out
-                 if config.check and config.level.portable else None)
+                 if config.check and "tensorrt" in config.runtimes else None)
     staging = out_dir / f".{stem}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -25,9 +25,9 @@ class OptimizeLevel:
 
 OPTIMIZE_LEVELS = {level.name: level for level in (
     OptimizeLevel("O0", "open_clip's blocks as traced (nn.MultiheadAttention spelled out)", 17,
-                  ("onnxruntime", "tensorrt")),
+                  ("onnxruntime", "openvino", "tensorrt")),
     OptimizeLevel("O1", "portable: attention as MatMul-Softmax-MatMul, constant reshapes, Gelu as one op", 20,
-                  ("onnxruntime", "tensorrt")),
+                  ("onnxruntime", "openvino", "tensorrt")),
     OptimizeLevel("O2", "O1 with ONNX Runtime's fused operators (Attention, SkipLayerNormalization, BiasGelu)", 20,
                   ("onnxruntime",)),
 )}

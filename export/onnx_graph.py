@@ -185,7 +185,7 @@ class GraphFacts:
 
     input: tuple[str, list, str]  # name, shape (symbolic dims as names), dtype
     outputs: list[tuple[str, list, str]]
-    precision: str  # fp16 when its large floating-point weights are float16, else fp32
+    precision: str  # of its large weights (>= 1024 elements): int8 when most are 8-bit integers, else fp16 or fp32
     l2_normalizes: bool  # has a ReduceL2 (F.normalize)
     description: dict | None  # the JSON under metadata_props["prtk"]
     custom_domains: tuple[str, ...]  # operator domains beyond ONNX's own (com.microsoft: ONNX Runtime only)
@@ -200,6 +200,10 @@ def load_graph(path: Path) -> onnx.ModelProto:
         raise PrtkInputError(f"cannot read ONNX graph {path}: {reason} (corrupt or truncated?)") from None
 
 
+WEIGHT_PRECISIONS = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.INT8: "int8",
+                     onnx.TensorProto.UINT8: "int8"}
+
+
 def graph_facts(model: onnx.ModelProto) -> GraphFacts:
     def value_facts(value) -> tuple[str, list, str]:
         tensor = value.type.tensor_type
@@ -208,10 +212,13 @@ def graph_facts(model: onnx.ModelProto) -> GraphFacts:
 
     if len(model.graph.input) != 1:
         raise PrtkInputError(f"graph has {len(model.graph.input)} inputs; a prtk export has one")
-    large_float = [tensor.data_type for tensor in model.graph.initializer
-                   if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
-                   and math.prod(tensor.dims) >= 1024]
-    fp16 = large_float.count(onnx.TensorProto.FLOAT16) > large_float.count(onnx.TensorProto.FLOAT)
+    elements = {name: 0 for name in ("fp32", "fp16", "int8")}
+    for tensor in model.graph.initializer:
+        kind = WEIGHT_PRECISIONS.get(tensor.data_type)
+        if kind is not None and math.prod(tensor.dims) >= 1024:
+            elements[kind] += math.prod(tensor.dims)
+    precision = ("int8" if elements["int8"] > elements["fp32"] + elements["fp16"]
+                 else "fp16" if elements["fp16"] > elements["fp32"] else "fp32")
     metadata = {entry.key: entry.value for entry in model.metadata_props}
     try:
         description = json.loads(metadata["prtk"]) if "prtk" in metadata else None
@@ -219,7 +226,7 @@ def graph_facts(model: onnx.ModelProto) -> GraphFacts:
         description = None
     return GraphFacts(input=value_facts(model.graph.input[0]),
                       outputs=[value_facts(output) for output in model.graph.output],
-                      precision="fp16" if fp16 else "fp32",
+                      precision=precision,
                       l2_normalizes=any(node.op_type == "ReduceL2" for node in model.graph.node),
                       description=description, custom_domains=custom_domains(model))
 

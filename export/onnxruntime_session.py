@@ -14,9 +14,9 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "te
 
 
 def onnxruntime_optimization(precision: str) -> str:
-    """The ONNX Runtime optimisation level for a graph of ``precision``: ``all``, but ``extended`` below fp32
+    """The ONNX Runtime optimisation level for a graph of ``precision``: ``all``, but ``extended`` for fp16
     (ONNX Runtime 1.32's CPU layout optimisations crash on fp16 graphs)."""
-    return "all" if precision == "fp32" else "extended"
+    return "extended" if precision == "fp16" else "all"
 
 
 def open_session(path: str | Path, provider: str = "cpu", optimization: str = "all"):

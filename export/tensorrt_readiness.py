@@ -2,7 +2,8 @@
 
 Rules: every operator is in TensorRT's ONNX operator support (TensorRT 10, onnx-tensorrt's
 docs/operators.md); no operator with a data-dependent output shape (NonZero, Unique, ...); TopK's K is a
-build-time constant below TensorRT's limit; every shape-like input (Reshape's shape, Slice's bounds,
+build-time constant below TensorRT's limit; Q/DQ nodes (explicit quantization) are int8 with zero point 0 and
+constant positive scales; every shape-like input (Reshape's shape, Slice's bounds,
 Expand's shape, ...) is computed from constants and tensor shapes only, never from data; with the batch
 symbolic, every tensor's shape is static apart from multiples of the batch; no int64 constant beyond
 the int32 range.
@@ -59,8 +60,8 @@ class Finding:
 
 def tensorrt_findings(model: onnx.ModelProto, batch: str = "batch") -> list[Finding]:
     """Everything in ``model`` that breaks the rules above (empty: ready for a static TensorRT build)."""
-    return [*_operator_findings(model), *_shape_input_findings(model), *_int64_findings(model),
-            *_dimension_findings(model, batch)]
+    return [*_operator_findings(model), *_quantization_findings(model), *_shape_input_findings(model),
+            *_int64_findings(model), *_dimension_findings(model, batch)]
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -94,6 +95,25 @@ def _operator_findings(model: onnx.ModelProto) -> list[Finding]:
                 findings.append(Finding("TopK K too large", where, f"K = {int(np.max(k))} >= {TOPK_LIMIT}"))
             if sorted_output != 1:
                 findings.append(Finding("TopK unsorted", where, "TensorRT needs sorted=1"))
+    return findings
+
+
+def _quantization_findings(model: onnx.ModelProto) -> list[Finding]:
+    """TensorRT 10's explicit quantization: symmetric int8 (zero point 0), scales that are constant and positive."""
+    constants = _constants(model)
+    findings = []
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        where = node.name or node.output[0]
+        scale = constants.get(node.input[1])
+        zero_point = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if scale is None or not np.all(scale > 0):
+            findings.append(Finding("quantization scale", where, f"scale {node.input[1]!r} is not a positive "
+                                                                 "constant"))
+        if zero_point is None or zero_point.dtype != np.int8 or np.any(zero_point != 0):
+            kind = "missing" if zero_point is None else f"{zero_point.dtype}, max {int(np.max(np.abs(zero_point)))}"
+            findings.append(Finding("quantization zero point", where, f"zero point must be int8 zeros ({kind})"))
     return findings
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, run_prtk_process
 from prtk.engines.runners import OnnxRuntimeRunner, TorchRunner
 from prtk.export.checks import load_check_images
 from prtk.export.exporter import ExportConfig, deployed_tower, export_models
@@ -32,27 +32,60 @@ def test_torch_and_onnxruntime_runners_agree(tmp_path):
     assert np.array_equal(from_onnx["kept_indices"], from_torch["kept_indices"])
 
 
+def test_openvino_runs_an_fp32_graph_as_its_reference_does(tmp_path, shapes_dir):
+    (record,) = export_models(load_clip(SHAPES), ExportConfig(keeps=(0.6,), check=False), tmp_path, None)
+    result = run_prtk_process("validate", record.path, "--data", shapes_dir, "--backend", "openvino")
+    assert result.exit_code == 0, result.output
+    report = json.loads(record.path.with_name(record.path.name + ".validation.json").read_text())
+    assert report["backend"] == "openvino" and report["agreement"] == 100.0
+    assert report["max_abs_diff"] <= 1e-4 and report["kept_overlap"]["identical"] == 100.0
+
+
 def test_bench_measures_the_cpu_backends(run_cli):
     result = run_cli("bench", "--model", SHAPES, "--backend", "torch,onnxruntime", "--keep", "0.5,0.7",
                      "--batch", "1,4", "--warmup", "1", "--iterations", "3", "--seconds", "0", "--json", "-")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["rows"]
-    assert [(r["backend"], r["keep"], r["batch"]) for r in rows] == [
-        (backend, keep, batch) for backend in ("torch", "onnxruntime") for keep in (None, 0.5, 0.7) for batch in (1, 4)]
+    assert [(r["backend"], r["variant"], r["keep"], r["batch"]) for r in rows] == [
+        (backend, "fp32", keep, batch) for backend in ("torch", "onnxruntime") for keep in (None, 0.5, 0.7)
+        for batch in (1, 4)]
     for row in rows:
         assert row["iterations"] >= 3 and 0 < row["median_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert row["images_per_s"] == pytest.approx(1000 * row["batch"] / row["median_ms"])
         if row["keep"] is None:
-            assert row["speedup"] == 1.0 and row["bound"] == 1.0
+            assert row["speedup"] == row["paired_speedup"] == row["bound"] == 1.0
         else:
             assert row["bound"] > 1.0 and row["gflops"] < rows[0]["gflops"]
     assert "speedup" in result.stderr and "onnxruntime" in result.stderr
 
 
+def test_bench_frontier_over_backends_and_variants():
+    result = run_prtk_process("bench", "--model", SHAPES, "--backend", "onnxruntime,openvino", "--variants",
+                              "fp32,int8-dynamic", "--keep", "0.6", "--batch", "2", "--warmup", "1", "--iterations",
+                              "3", "--seconds", "0", "--json", "-")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    rows = document["rows"]
+    assert [(r["backend"], r["variant"], r["keep"]) for r in rows] == [
+        (backend, variant, keep) for backend in ("onnxruntime", "openvino") for variant in ("fp32", "int8-dynamic")
+        for keep in (None, 0.6)]
+    fastest = min((r for r in rows if r["keep"] is None), key=lambda r: r["median_ms"])
+    assert document["fastest_unpruned"] == {"2": f"{fastest['backend']} {fastest['variant']}"}
+    assert fastest["vs_fastest_unpruned"] == fastest["paired_vs_fastest_unpruned"] == 1.0
+    for row in rows:
+        assert row["iterations"] >= 3
+        assert row["vs_fastest_unpruned"] == pytest.approx(fastest["median_ms"] / row["median_ms"])
+        if row["keep"] is None:
+            assert row["vs_fastest_unpruned"] <= 1.0 and row["speedup"] == row["paired_speedup"] == 1.0
+        else:
+            assert row["paired_speedup"] > 0 and row["paired_vs_fastest_unpruned"] > 0
+    assert "fastest unpruned" in result.stderr
+
+
 def test_bench_and_build_engine_refusals(run_cli, tmp_path):
     bench = ["bench", "--model", SHAPES, "--keep", "0.6", "--batch", "1"]
     assert_one_line_error(run_cli(*bench, "--precision", "fp16"), "fp16 is for GPUs")
-    assert_one_line_error(run_cli(*bench, "--backend", "torch,openvino"), "backends must be among")
+    assert_one_line_error(run_cli(*bench, "--backend", "torch,tflite"), "backends must be among")
     assert_one_line_error(run_cli(*bench, "--batch", "1,x"), "--batch must be comma-separated integers")
     assert_one_line_error(run_cli("build-engine", tmp_path / "missing.onnx"), "no ONNX file at")
     assert_one_line_error(run_cli("build-engine", tmp_path, "--batch", "8:1:32"), "MIN:OPT:MAX")

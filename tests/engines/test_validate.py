@@ -54,8 +54,13 @@ def test_quickstart_writes_the_report_and_readable_plots(run_cli, tmp_path):
     result = run_cli("quickstart", "--out", out, "--rank-images", "24", "--eval-images", "20", "--json", "-")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert set(summary["accuracy"]) == {"random", "cls-attention", "predictor", "predictor + 8 tokens"}
-    assert all(v["passed"] for v in summary["validation"].values()) and len(summary["validation"]) == 4
+    assert set(summary["accuracy"]) == {"random", "cls-attention", "predictor", "predictor + 8 tokens",
+                                        "predictor + 8 tokens, int8-static ONNX"}
+    assert set(summary["validation"]) == {"fp32", "int8-static"}
+    assert all(v["passed"] for v in summary["validation"]["fp32"].values()) and len(summary["validation"]["fp32"]) == 4
+    assert len(summary["validation"]["int8-static"]) == 4
+    assert all(v["agreement"] >= 90.0 for v in summary["validation"]["int8-static"].values())
+    assert set(summary["vs_fastest_unpruned"]) == {"torch", "onnxruntime", "onnxruntime int8-static"}
     assert "engines: skipped" in result.stderr or summary["engines"]
     for name in ("accuracy_vs_keep.png", "speedup_vs_keep.png", "kept_patches.png"):
         with Image.open(out / name) as image:

@@ -40,7 +40,7 @@ def test_levels_give_lean_checked_deterministic_graphs(tmp_path, level):
         if level == "O1":
             assert structure.nodes_per_block <= 25 and structure.fused_operators == {}
             assert checks == ["onnx.checker", "onnxruntime", "tensorrt"]
-            assert record.meta["runtimes"] == ["onnxruntime", "tensorrt"]
+            assert record.meta["runtimes"] == ["onnxruntime", "openvino", "tensorrt"]
             assert "Gelu" in {node.op_type for node in model.graph.node}
         else:
             assert structure.fused_operators == {"Attention": layers, "BiasGelu": layers,
@@ -100,6 +100,10 @@ def test_onnx_runtime_only_graphs_are_refused_where_tensorrt_is_asked_for(run_cl
     assert_one_line_error(run_cli("export", "--model", SHAPES, "--optimize", "O2", "--fp16", "--out", tmp_path / "h"),
                           "--fp16 is not available at --optimize O2")
     assert_one_line_error(run_cli("bench", "--model", SHAPES, "--backend", "tensorrt", "--optimize", "O2"),
-                          "--optimize O2 graphs are for ONNX Runtime only")
+                          "--optimize O2 graphs run on onnxruntime only, not on tensorrt")
+    assert_one_line_error(run_cli("bench", "--model", SHAPES, "--backend", "onnxruntime,openvino", "--optimize", "O2"),
+                          "not on openvino")
+    assert_one_line_error(run_cli("validate", graph, "--data", tmp_path, "--backend", "openvino"),
+                          "runs on onnxruntime only", "not on openvino")
     assert_one_line_error(run_cli("export", "--model", SHAPES, "--optimize", "O3", "--out", tmp_path / "x"),
                           "'O3' is not one of 'O0', 'O1', 'O2'")

@@ -11,6 +11,7 @@ import click
 
 from prtk.core.errors import PrtkInputError
 from prtk.export.levels import DEFAULT_LEVEL, OPTIMIZE_LEVELS
+from prtk.export.quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD
 
 
 class PrtkInputUsageError(click.ClickException):
@@ -156,6 +157,28 @@ optimize_option = click.option(
     "--optimize", type=click.Choice(list(OPTIMIZE_LEVELS)), default=DEFAULT_LEVEL, show_default=True,
     help="Graph optimisation level: " + "; ".join(f"{level.name} {level.summary}" for level in OPTIMIZE_LEVELS.values())
     + ". O2 runs on ONNX Runtime only.")
+
+def calibration_options(command):
+    """``--calib-data``, ``--calib-images``, ``--calib-method``: how an int8-static graph is calibrated;
+    ``--before-pruning``: whether the blocks before the pruning layer are int8."""
+    options = [
+        click.option("--calib-data", metavar="DIR", default=None,
+                     help="int8-static: ImageFolder whose images calibrate the activation scales (your training "
+                          "images, not the ones you validate on)."),
+        click.option("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, show_default=True,
+                     help="int8-static: calibration images, a subset of --calib-data drawn with --seed."),
+        click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default=DEFAULT_CALIBRATION_METHOD,
+                     show_default=True, help="int8-static: activation range from the min and max, the 99.999th "
+                                             "percentile, or the entropy (KL) criterion."),
+        click.option("--before-pruning", type=click.Choice(["int8", "float"]), default=None,
+                     help="int8 graphs: compute the blocks before the pruning layer in int8 (faster) or float (the "
+                          "kept patches follow the float model more closely)  [default: int8 for int8-dynamic, "
+                          "float for int8-static]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
 
 pack_layer_option = click.option(
     "--layer", type=int, default=None,

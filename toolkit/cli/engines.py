@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import click
 
-from prtk.cli.base import (PrtkCommand, check_json_destination, check_output, emit_json, force_option, json_option,
-                           load_model_from_options, model_options, optimize_option, pack_layer_option, parse_counts,
-                           parse_keeps, weights_inputs)
+from prtk.cli.base import (PrtkCommand, calibration_options, check_json_destination, check_output, emit_json,
+                           force_option, json_option, load_model_from_options, model_options, optimize_option,
+                           pack_layer_option, parse_counts, parse_keeps, weights_inputs)
 from prtk.cli.render import print_bench_table
 
 
 @click.command("build-engine", cls=PrtkCommand)
 @click.argument("target", metavar="DIR_OR_ONNX")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp16", show_default=True,
-              help="Engine precision; under fp16/bf16 LayerNorm, softmax and reductions stay fp32.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp16", show_default=True,
+              help="Engine precision; under fp16/bf16/int8 LayerNorm, softmax and reductions stay fp32. int8 builds "
+                   "a Q/DQ graph (export --quantize int8-static) with explicit quantization, its float layers in "
+                   "fp16; it is the only precision for such a graph.")
 @click.option("--batch", "batch_profile", default="1:8:32", show_default=True, metavar="MIN:OPT:MAX",
               help="Optimisation profile of the batch dimension.")
 @click.option("--workspace", type=float, default=4.0, show_default=True, help="Builder workspace limit in GiB.")
@@ -44,7 +46,12 @@ def build_engine_command(target, precision, batch_profile, workspace, timing_cac
 @click.option("--keep", "keeps", default="0.5,0.6,0.7", show_default=True, metavar="R[,R...]", help="Keep ratios.")
 @pack_layer_option
 @click.option("--backend", "backends", default="torch,onnxruntime", show_default=True, metavar="B[,B...]",
-              help="Among torch, onnxruntime, tensorrt (TensorRT needs a GPU and the tensorrt package).")
+              help="Among torch, onnxruntime, openvino, tensorrt (TensorRT needs a GPU and the tensorrt package).")
+@click.option("--variants", default="fp32", show_default=True, metavar="V[,V...]",
+              help="Precision variants among fp32, int8-dynamic, int8-static (as `prtk export --quantize` writes "
+                   "them), each timed on every backend that runs it: torch fp32 only, TensorRT fp32 (at --precision) "
+                   "and int8-static.")
+@calibration_options
 @optimize_option
 @click.option("--batch", "batches", default="1,8,32", show_default=True, metavar="N[,N...]", help="Batch sizes.")
 @click.option("--device", default="cpu", show_default=True,
@@ -57,12 +64,16 @@ def build_engine_command(target, precision, batch_profile, workspace, timing_cac
 @json_option("the rows")
 @force_option()
 def bench_command(model_name, pretrained, checkpoint, model_config, random_weights, seed, pack, no_tokens, scorer,
-                  keeps, layer, backends, optimize, batches, device, precision, warmup, iterations, seconds, json_path,
-                  force):
-    """Latency (median, p90, p99), images/s, GFLOPs and speedup over the unpruned tower per backend, keep, batch.
+                  keeps, layer, backends, variants, calib_data, calib_images, calib_method, before_pruning, optimize,
+                  batches, device, precision, warmup, iterations, seconds, json_path, force):
+    """The deployment frontier: latency (median, p90, p99), images/s, GFLOPs and speedups per backend, precision
+    variant, keep ratio and batch.
 
-    The unpruned tower is measured on every backend and batch too; the speedup is beside the cost-model
-    bound. Backends are timed through one runner interface: CUDA events on a GPU, wall time on CPU.
+    Every contender of a batch (each backend and variant, unpruned and each keep) is timed round-robin in
+    one loop, the order rotated every round. Two speedups per row, each as a ratio of medians and paired
+    (the median of per-round ratios): over the unpruned tower of the same backend and variant (beside the
+    cost-model bound), and over the fastest unpruned deployment of the run (any backend, any variant).
+    Backends are timed through one runner interface: CUDA events on a GPU, wall time on CPU.
     """
     from prtk.core.console import progress_bar
     from prtk.core.devices import resolve_device
@@ -70,13 +81,15 @@ def bench_command(model_name, pretrained, checkpoint, model_config, random_weigh
 
     config = BenchConfig(keeps=parse_keeps(keeps), pack=pack, tokens=not no_tokens, scorer=scorer, layer=layer,
                          optimize=optimize, backends=tuple(b.strip() for b in backends.split(",")),
+                         variants=tuple(v.strip() for v in variants.split(",")), calib_data=calib_data,
+                         calib_images=calib_images, calib_method=calib_method, before_pruning=before_pruning,
                          batches=parse_counts(batches, "--batch"), device=device, precision=precision, seed=seed,
                          timing=Timing(warmup, iterations, seconds))
     config.check()
     resolve_device(device)
     check_json_destination(json_path, force, weights_inputs(checkpoint, model_config) | {"--pack": pack})
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
-    with progress_bar(f"bench {clip.name}", unit="case") as update:
+    with progress_bar(f"bench {clip.name}", unit="batch") as update:
         result = run_bench(clip, config, progress=update)
     print_bench_table(result, to_stderr=json_path == "-")
     emit_json(result, json_path, force)
@@ -86,39 +99,46 @@ def bench_command(model_name, pretrained, checkpoint, model_config, random_weigh
 @click.argument("artifact", metavar="ARTIFACT")
 @model_options
 @click.option("--data", "data_root", metavar="DIR", required=True, help="Labelled ImageFolder to validate on.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
+              help="Runtime that runs an .onnx artifact (an .engine runs on TensorRT).")
 @click.option("--pack", metavar="FILE", default=None, help="The pack the artifact was exported from (if any).")
 @click.option("--limit", type=int, default=None, metavar="N", help="Validate on an evenly spaced subset of N images.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per run.")
 @click.option("--min-agreement", type=float, default=None,
-              help="Smallest prediction agreement with the pruned reference, %  [default: 99.9 fp32, 99.5 fp16]")
+              help="Smallest prediction agreement with the pruned reference, %  [default: 99.9 fp32, 99.5 fp16, "
+                   "99 int8]")
 @click.option("--min-cosine", type=float, default=None,
-              help="Smallest embedding cosine to the pruned reference  [default: 0.9999 fp32, 0.999 fp16]")
+              help="Smallest embedding cosine to the pruned reference  [default: 0.9999 fp32, 0.999 fp16, 0.98 int8]")
 @click.option("--max-accuracy-delta", type=float, default=None,
-              help="Largest |top-1 difference| to the pruned reference, points  [default: 0.1]")
+              help="Largest |top-1 difference| to the pruned reference, points  [default: 0.1; 0.5 int8]")
 @click.option("--max-abs-diff", type=float, default=None,
-              help="Largest |artifact - pruned reference| of any embedding element  [default: 1e-4 fp32, 1e-2 fp16]")
+              help="Largest |artifact - pruned reference| of any embedding element  [default: 1e-4 fp32, 1e-2 fp16, "
+                   "0.1 int8]")
 @click.option("--max-relative-error", type=float, default=None,
               help="Largest per-image ||artifact - reference|| / ||reference|| of the embedding  "
-                   "[default: 1e-4 fp32, 1e-2 fp16]")
+                   "[default: 1e-4 fp32, 1e-2 fp16, 0.2 int8]")
 @click.option("--report", "report_prefix", metavar="PREFIX", default=None,
               help="Write PREFIX.md and PREFIX.json  [default: the artifact's path + .validation]")
 @force_option("Overwrite existing reports.")
 @click.pass_context
 def validate_command(ctx, artifact, model_name, pretrained, checkpoint, model_config, random_weights, seed,
-                     data_root, pack, limit, batch_size, min_agreement, min_cosine, max_accuracy_delta, max_abs_diff,
-                     max_relative_error, report_prefix, force):
+                     data_root, backend, pack, limit, batch_size, min_agreement, min_cosine, max_accuracy_delta,
+                     max_abs_diff, max_relative_error, report_prefix, force):
     """Prove an exported .onnx (or .engine) gives its PyTorch reference's answers; exit 0 pass, 1 fail.
 
     The sidecar must be the graph's own description (the one embedded in the ONNX metadata) and agree
-    with the graph's inputs, outputs and precision; the thresholds follow the graph's precision. The
+    with the graph's inputs, outputs and precision; the thresholds follow the graph's precision (fp32,
+    fp16, int8: an int8 graph is held to its float pruned reference, and its delta to the unpruned one
+    is reported). The
     references are the unpruned tower and the tower pruned with the same pack, scorer and keep ratio,
     loaded from the weights the sidecar names (or the model options given, which must match them).
     """
     from prtk.core.console import progress_bar
-    from prtk.engines.validation import Thresholds, validate, write_report
+    from prtk.engines.validation import Thresholds, check_backend, validate, write_report
     from prtk.export.artifact import ArtifactFile
 
     target = ArtifactFile.read(artifact)
+    check_backend(target, backend)
     thresholds = Thresholds.for_precision(target.precision, min_agreement=min_agreement, min_cosine=min_cosine,
                                           max_accuracy_delta=max_accuracy_delta, max_abs_diff=max_abs_diff,
                                           max_relative_error=max_relative_error)
@@ -128,7 +148,8 @@ def validate_command(ctx, artifact, model_name, pretrained, checkpoint, model_co
     clip = (target.reference_model() if model_name is None and model_config is None
             else load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed))
     with progress_bar(f"validate {target.path.name}") as update:
-        report = validate(clip, target, data_root, thresholds, pack, limit, batch_size, progress=update)
+        report = validate(clip, target, data_root, thresholds, pack, limit, batch_size, progress=update,
+                          backend=backend)
     click.echo(write_report(report, markdown_path, json_path))
     click.echo(f"wrote {markdown_path} and {json_path}", err=True)
     if not report.passed:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from prtk.cli.base import (PrtkCommand, check_json_destination, emit_json, force_option, json_option,
-                           load_model_from_options, model_options, optimize_option, pack_layer_option, parse_keeps,
-                           weights_inputs)
+from prtk.cli.base import (PrtkCommand, calibration_options, check_json_destination, emit_json, force_option,
+                           json_option, load_model_from_options, model_options, optimize_option, pack_layer_option,
+                           parse_keeps, weights_inputs)
 from prtk.cli.render import print_export_table
 from prtk.core.files import check_writable_folder
+from prtk.export.quantize import QUANTIZE_MODES
 
 
 @click.command("export", cls=PrtkCommand)
@@ -30,6 +31,12 @@ from prtk.core.files import check_writable_folder
 @click.option("--no-kept-indices", is_flag=True, help="Leave out the 'kept_indices' output [B, k].")
 @click.option("--no-tokens", is_flag=True, help="With --pack: leave out its learnable tokens.")
 @click.option("--fp16", is_flag=True, help="fp16 weights and activations; LayerNorm, softmax and I/O stay fp32.")
+@click.option("--quantize", type=click.Choice(QUANTIZE_MODES), default=None,
+              help="int8 graph (ONNX Runtime's quantizer; MatMul/Gemm/Conv in int8, the scorer, TopK, LayerNorm, "
+                   "softmax and normalisation in float): int8-dynamic quantizes activations at run time (ONNX Runtime, "
+                   "OpenVINO); int8-static is a Q/DQ graph calibrated on --calib-data that ONNX Runtime, OpenVINO "
+                   "and TensorRT (build-engine --precision int8) run in int8.  [default: fp32]")
+@calibration_options
 @optimize_option
 @click.option("--opset", type=int, default=None,
               help="ONNX opset, from 17 (LayerNormalization as one op) to the newest the installed torch exports (20). "
@@ -43,17 +50,19 @@ from prtk.core.files import check_writable_folder
 @force_option("Overwrite existing exports.")
 @click.pass_context
 def export_command(ctx, model_name, pretrained, checkpoint, model_config, random_weights, seed, pack, scorer, keeps,
-                   layer, out_dir, full, classes_path, no_normalize, no_kept_indices, no_tokens, fp16, optimize, opset,
-                   check_data, check_images, no_check, json_path, force):
+                   layer, out_dir, full, classes_path, no_normalize, no_kept_indices, no_tokens, fp16, quantize,
+                   calib_data, calib_images, calib_method, before_pruning, optimize, opset, check_data, check_images,
+                   no_check, json_path, force):
     """Export static-shape ONNX graphs, one per keep ratio, and check each.
 
     Each graph maps images [batch,3,H,W] to an embedding [batch,E] with the scorer, a constant-K TopK,
     the gather and the learnable tokens inside; only the batch dimension is dynamic. --optimize O1 (the
     default) writes every transformer block as 23 standard nodes that TensorRT and ONNX Runtime fuse; O2
     writes ONNX Runtime's fused operators (ONNX Runtime only: build-engine refuses it); O0 traces open_clip's
-    blocks as they are. Checks (a table; any failure exits 1): onnx.checker full check, ONNX Runtime against
-    PyTorch (max abs diff <= 1e-4 in fp32, identical kept indices) and TensorRT readiness (not at O2). The
-    same inputs give byte-identical files.
+    blocks as they are. --quantize writes int8 graphs (<name>_int8-dynamic.onnx, <name>_int8-static.onnx).
+    Checks (a table; any failure exits 1): onnx.checker full check, ONNX Runtime against PyTorch (max abs
+    diff <= 1e-4 in fp32 with identical kept indices, 1e-2 in fp16, 0.1 in int8) and TensorRT readiness
+    (not at O2 or int8-dynamic). The same inputs give byte-identical files.
     """
     from prtk.core.console import progress_bar
     from prtk.export.checks import load_check_images
@@ -61,9 +70,9 @@ def export_command(ctx, model_name, pretrained, checkpoint, model_config, random
 
     config = ExportConfig(keeps=parse_keeps(keeps), pack=pack, scorer=scorer, layer=layer, tokens=not no_tokens,
                           full=full, normalize=not no_normalize, kept_indices=not no_kept_indices,
-                          classes=read_class_names(classes_path) if classes_path else (), fp16=fp16, optimize=optimize,
-                          opset=opset,
-                          seed=seed, check=not no_check)
+                          classes=read_class_names(classes_path) if classes_path else (), fp16=fp16, quantize=quantize,
+                          calib_data=calib_data, calib_images=calib_images, calib_method=calib_method,
+                          before_pruning=before_pruning, optimize=optimize, opset=opset, seed=seed, check=not no_check)
     config.check_values()
     inputs = weights_inputs(checkpoint, model_config) | {"--pack": pack, "--classes": classes_path}
     check_json_destination(json_path, force, inputs)

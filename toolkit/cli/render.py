@@ -48,11 +48,14 @@ def print_export_table(records, source: str, to_stderr: bool) -> None:
 
 
 def print_bench_table(result: BenchResult, to_stderr: bool) -> None:
-    table = [[row.backend, "full" if row.keep is None else f"{row.keep:g}", str(row.batch),
+    table = [[row.backend, row.variant, "full" if row.keep is None else f"{row.keep:g}", str(row.batch),
               *(f"{value:.2f}" for value in (row.median_ms, row.p90_ms, row.p99_ms)), f"{row.images_per_s:,.1f}",
-              f"{row.gflops:.2f}", f"{row.speedup:.2f}x", f"{row.bound:.2f}x"] for row in result.rows]
-    print_table(f"{result.model} on {result.device} ({result.precision})",
-                ["backend", "keep", "batch", "median ms", "p90 ms", "p99 ms", "images/s", "GFLOPs", "speedup", "bound"],
+              f"{row.gflops:.2f}", f"{row.speedup:.2f}x", f"{row.paired_speedup:.2f}x", f"{row.bound:.2f}x",
+              f"{row.vs_fastest_unpruned:.2f}x", f"{row.paired_vs_fastest_unpruned:.2f}x"] for row in result.rows]
+    fastest = ", ".join(f"batch {batch}: {name}" for batch, name in result.fastest_unpruned.items())
+    print_table(f"{result.model} on {result.device} ({result.precision}); fastest unpruned: {fastest}",
+                ["backend", "variant", "keep", "batch", "median ms", "p90 ms", "p99 ms", "images/s", "GFLOPs",
+                 "speedup", "paired", "bound", "vs fastest unpruned", "paired"],
                 table, console=stderr if to_stderr else stdout)
 
 
@@ -62,7 +65,10 @@ def print_quickstart_table(summary: dict, to_stderr: bool) -> None:
     rows += [[f"{backend} speedup (batch {summary['speedup_batch']})", *(f"{points[k]:.2f}x" for k in keeps)]
              for backend, points in summary["speedup"].items()]
     rows.append(["cost-model bound", *(f"{summary['bound'][k]:.2f}x" for k in keeps)])
-    rows.append(["validate", *("pass" if summary["validation"][k]["passed"] else "FAIL" for k in keeps)])
+    rows += [[f"{backend} vs fastest unpruned ({summary['fastest_unpruned']})", *(f"{points[k]:.2f}x" for k in keeps)]
+             for backend, points in summary["vs_fastest_unpruned"].items() if backend != "torch"]
+    rows += [[f"validate {variant}", *("pass" if reports[k]["passed"] else "FAIL" for k in keeps)]
+             for variant, reports in summary["validation"].items()]
     print_table(f"{summary['model']} quickstart (unpruned top-1 {summary['unpruned_top1']:.2f}%)",
                 ["top-1 % / speed", *(f"keep {k}" for k in keeps)], rows, console=stderr if to_stderr else stdout)
 

@@ -1,8 +1,9 @@
 """``run_quickstart``: the whole pipeline on a test bed, on a CPU, in minutes, ending in a report with pictures.
 
-rank a subset (similarity score) -> train the predictor and tokens -> export keep ratios (+ the full tower)
--> build TensorRT engines where TensorRT and a GPU are present -> validate every export -> zero-shot
-accuracy per method -> benchmark torch and ONNX Runtime -> summary (Markdown, JSON) and three PNG plots.
+rank a subset (similarity score) -> train the predictor and tokens -> export keep ratios (+ the full tower), in
+fp32 and int8-static (calibrated on the ranked images) -> build TensorRT engines where TensorRT and a GPU are
+present -> validate every export -> zero-shot accuracy per method -> benchmark torch and ONNX Runtime (fp32 and
+int8) -> summary (Markdown, JSON) and three PNG plots.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prtk.pruning.tower import check_keeps
 from prtk.data.synthetic import HELD_OUT_SEED
 
 RANKING_SEED = 2  # generated shapes images for ranking: neither the test bed's training split nor the held-out one
+INT8_VARIANT = "int8-static"  # the quickstart's int8 graphs: calibrated on the ranked images, TensorRT-portable
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,12 @@ def run_quickstart(clip: LoadedClip, out_dir: str | Path, config: QuickstartConf
     rank_dir, eval_dir = _data(clip, out, config, data_root, say)
     pack_path, pack = _rank_and_train(clip, out, config, rank_dir, say, progress)
     sample, _ = load_check_images(clip.preprocess, clip.spec.image_size, eval_dir, 8)  # [8,3,H,W]
-    records = _export(clip, out, config, pack_path, sample, say, progress)
+    records = _export(clip, out, config, pack_path, rank_dir, sample, say, progress)
     engines = _engines(records, say)
     validations = _validate(clip, records, pack_path, eval_dir, config, say, progress)
     accuracy, unpruned = _accuracy(clip, pack_path, pack, eval_dir, config, say, progress)
-    rows = _bench(clip, pack_path, config, say, progress)
-    summary = _summary(clip, config, records, validations, accuracy, unpruned, rows, engines, pack_path, pack)
+    bench = _bench(clip, pack_path, rank_dir, config, say, progress)
+    summary = _summary(clip, config, records, validations, accuracy, unpruned, bench, engines, pack_path, pack)
     _plots(clip, out, config, summary, pack, sample)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     write_json_atomic(out / "summary.json", summary)
@@ -131,12 +133,19 @@ def _rank_and_train(clip, out: Path, config: QuickstartConfig, rank_dir: Path, s
     return pack, trained
 
 
-def _export(clip, out: Path, config: QuickstartConfig, pack: Path, images: torch.Tensor, say: Say, progress):
+def _export(clip, out: Path, config: QuickstartConfig, pack: Path, rank_dir: Path, images: torch.Tensor, say: Say,
+            progress):
     from prtk.export.exporter import ExportConfig, export_models
 
+    exports = [ExportConfig(keeps=config.keeps, pack=str(pack), full=True),
+               ExportConfig(keeps=config.keeps, pack=str(pack), full=True, quantize=INT8_VARIANT,
+                            calib_data=str(rank_dir), seed=config.seed)]
+    records, total = [], len(exports) * (len(config.keeps) + 1)
     with progress("3/6 export", "graph") as update:
-        records = export_models(clip, ExportConfig(keeps=config.keeps, pack=str(pack), full=True), out / "onnx",
-                                images, progress=update)
+        for export in exports:
+            before = len(records)
+            records += export_models(clip, export, out / "onnx", images,
+                                     progress=lambda done, _, before=before: update(before + done, total))
     failed = [f"{r.path.name}: {c.name}" for r in records for c in r.checks if not c.passed]
     say(f"export: {len(records)} graphs, checks " + ("all pass" if not failed else "FAILED: " + ", ".join(failed)))
     return records
@@ -150,7 +159,8 @@ def _engines(records, say: Say) -> list[str]:
     except PrtkInputError as reason:
         say(f"engines: skipped ({reason})")
         return []
-    built = [build_engine(record.path, EngineConfig("fp16")).name for record in records]
+    built = [build_engine(record.path, EngineConfig("int8" if record.meta["quantization"] else "fp16")).name
+             for record in records]
     say(f"engines: built {', '.join(built)}")
     return built
 
@@ -168,11 +178,15 @@ def _validate(clip, records, pack: Path, eval_dir: Path, config: QuickstartConfi
                               str(pack), limit=config.eval_images)
             write_report(report, folder / f"{record.path.stem}.md", folder / f"{record.path.stem}.json")
             keep = record.meta["pruning"]["keep"] if record.meta["pruning"] else None
-            results[keep] = report
+            results[(_variant(record.meta), keep)] = report
             update(done + 1, len(records))
-    say("validate: " + ", ".join(f"{'full' if k is None else k}: {'pass' if r.passed else 'FAIL'}"
-                                 for k, r in results.items()))
+    say("validate: " + ", ".join(f"{v} {'full' if k is None else k}: {'pass' if r.passed else 'FAIL'}"
+                                 for (v, k), r in results.items()))
     return results
+
+
+def _variant(sidecar: dict) -> str:
+    return sidecar["quantization"]["mode"] if sidecar.get("quantization") else sidecar["precision"]
 
 
 def _accuracy(clip, pack: Path, trained: RankerPack, eval_dir: Path, config: QuickstartConfig, say: Say, progress):
@@ -196,39 +210,47 @@ def _accuracy(clip, pack: Path, trained: RankerPack, eval_dir: Path, config: Qui
     return accuracy, unpruned
 
 
-def _bench(clip, pack: Path, config: QuickstartConfig, say: Say, progress) -> list:
+def _bench(clip, pack: Path, rank_dir: Path, config: QuickstartConfig, say: Say, progress):
     from prtk.engines.benchmark import BenchConfig, Timing, run_bench
 
     bench = BenchConfig(keeps=config.keeps, pack=str(pack), backends=("torch", "onnxruntime"),
-                        batches=config.batches, seed=config.seed, timing=Timing(2, 10, 1.0))
-    with progress("6/6 bench", "case") as update:
-        return run_bench(clip, bench, progress=update).rows
+                        variants=("fp32", INT8_VARIANT), calib_data=str(rank_dir), batches=config.batches,
+                        seed=config.seed, timing=Timing(2, 10, 1.0))
+    with progress("6/6 bench", "batch") as update:
+        return run_bench(clip, bench, progress=update)
 
 
-def _summary(clip, config, records, validations, accuracy, unpruned, rows, engines, pack: Path,
+def _summary(clip, config, records, validations, accuracy, unpruned, bench, engines, pack: Path,
              trained: RankerPack) -> dict:
-    largest = max(config.batches)
-    speedup = {row.backend: {} for row in rows}
-    bound = {}
+    largest, rows = max(config.batches), bench.rows
+    speedup, vs_fastest, bound = {}, {}, {}
     for row in rows:
         if row.batch == largest and row.keep is not None:
-            speedup[row.backend][row.keep] = row.speedup
+            label = row.backend if row.variant == "fp32" else f"{row.backend} {row.variant}"
+            speedup.setdefault(label, {})[row.keep] = row.speedup
+            vs_fastest.setdefault(label, {})[row.keep] = row.paired_vs_fastest_unpruned
             bound[row.keep] = row.bound
+    int8 = {k: report for (variant, k), report in validations.items() if variant == INT8_VARIANT}
     return {
         "prtk_version": __version__,
         "model": clip.name,
         "config": asdict(config),
         "pack": {"path": str(pack), "metrics": trained.meta["metrics"]["predictor"]},
         "unpruned_top1": unpruned,
-        "accuracy": {name: {f"{k:g}": v for k, v in points.items()} for name, points in accuracy.items()},
+        "accuracy": {name: {f"{k:g}": v for k, v in points.items()} for name, points in accuracy.items()}
+        | {f"predictor + {config.num_tokens} tokens, {INT8_VARIANT} ONNX": {f"{k:g}": int8[k].top1["artifact"]
+                                                                          for k in config.keeps}},
         "exports": [{"file": r.path.name, "keep": r.meta["pruning"]["keep"] if r.meta["pruning"] else None,
                      "gflops": r.meta["gflops"], "checks_passed": r.passed} for r in records],
         "engines": engines,
-        "validation": {("full" if k is None else f"{k:g}"): {"passed": report.passed, "agreement": report.agreement,
-                                                             "top1": report.top1, "cosine": report.cosine}
-                       for k, report in validations.items()},
+        "validation": {variant: {("full" if k is None else f"{k:g}"): {
+            "passed": report.passed, "agreement": report.agreement, "top1": report.top1, "cosine": report.cosine}
+            for (v, k), report in validations.items() if v == variant} for variant in ("fp32", INT8_VARIANT)},
         "speedup_batch": largest,
         "speedup": {backend: {f"{k:g}": v for k, v in points.items()} for backend, points in speedup.items()},
+        "fastest_unpruned": bench.fastest_unpruned[largest],
+        "vs_fastest_unpruned": {backend: {f"{k:g}": v for k, v in points.items()}
+                                for backend, points in vs_fastest.items()},
         "bound": {f"{k:g}": v for k, v in bound.items()},
         "bench": [asdict(row) for row in rows],
     }
@@ -268,9 +290,14 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| {backend} speedup, batch {summary['speedup_batch']} | "
                      + " | ".join(f"{points[k]:.2f}x" for k in keeps) + " |")
     lines.append("| cost-model bound | " + " | ".join(f"{summary['bound'][k]:.2f}x" for k in keeps) + " |")
-    lines.append("| validate (agreement %) | " + " | ".join(
-        f"{'pass' if summary['validation'][k]['passed'] else 'FAIL'} ({summary['validation'][k]['agreement']:.2f})"
-        for k in keeps) + " |")
+    for backend, points in summary["vs_fastest_unpruned"].items():
+        if backend != "torch":
+            lines.append(f"| {backend} vs fastest unpruned ({summary['fastest_unpruned']}, paired), batch "
+                         f"{summary['speedup_batch']} | "
+                         + " | ".join(f"{points[k]:.2f}x" for k in keeps) + " |")
+    for variant, reports in summary["validation"].items():
+        lines.append(f"| validate {variant} (agreement %) | " + " | ".join(
+            f"{'pass' if reports[k]['passed'] else 'FAIL'} ({reports[k]['agreement']:.2f})" for k in keeps) + " |")
     lines += ["", f"TensorRT engines: {', '.join(summary['engines']) or 'skipped (no TensorRT or no GPU here)'}.", "",
               "![accuracy vs keep ratio](accuracy_vs_keep.png)", "", "![speedup vs keep ratio](speedup_vs_keep.png)",
               "", "![kept patches](kept_patches.png)", ""]
