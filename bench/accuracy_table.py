@@ -41,9 +41,9 @@ def methods(pack: str, ranking: str) -> list[tuple[str, dict]]:
             ("predictor + tokens", {"scorer": "predictor", "pack": pack, "tokens": True})]
 
 
-def int8_exports(pack: str) -> dict[str, dict]:
-    """(row label -> ExportConfig fields) of the rows whose tower a static graph holds."""
-    return {"cls-attention": {"scorer": "cls-attention"}, "predictor": {"pack": pack, "tokens": False},
+def int8_exports(pack: str, layer: int) -> dict[str, dict]:
+    """(row label -> ExportConfig fields) of the rows whose tower a static graph holds, pruning at ``layer``."""
+    return {"cls-attention": {"scorer": "cls-attention", "layer": layer}, "predictor": {"pack": pack, "tokens": False},
             "predictor + tokens": {"pack": pack, "tokens": True}}
 
 
@@ -102,7 +102,7 @@ def main() -> None:
         table["int8"] = {"mode": args.int8, "top1": {}, "agreement": {}}
         with tempfile.TemporaryDirectory(prefix="accuracy-int8-") as folder:
             full = int8_top1(clip, args, "unpruned", keeps[0], {}, folder)
-            for label, fields in {"unpruned": {}, **int8_exports(args.pack)}.items():
+            for label, fields in {"unpruned": {}, **int8_exports(args.pack, pack.layer)}.items():
                 for keep in keeps:
                     top1, agreement = full if label == "unpruned" else int8_top1(clip, args, label, keep, fields,
                                                                                  folder)
