@@ -1,14 +1,21 @@
 """Latency of every (backend, precision variant, keep ratio, batch) measured the same way, through the runner
 interface: the frontier a deployment engineer chooses from.
 
-Per batch, every contender — each backend, each precision variant it runs (``BACKEND_VARIANTS``), the unpruned
-tower and every keep ratio — is timed round-robin in one loop after warm-up runs (``time_runners``: a backend's
+What is timed are exported artifacts as they were written (``bench_artifacts``): each ONNX graph on every backend
+its sidecar lists among the chosen ones (ONNX Runtime, OpenVINO), each TensorRT engine on TensorRT, and for each
+fp32 graph the PyTorch module it was exported from. ``run_bench`` exports a model's graphs first (into a
+temporary folder, engines built once with one timing cache) and times those. A contender is (backend, variant,
+keep): the variant is the graph's precision or quantization mode (``fp32``, ``fp16``, ``int8-dynamic``,
+``int8-static``), an engine's its TensorRT precision (``int8-static`` for a Q/DQ graph's).
+
+Per batch, every contender is timed round-robin in one loop after warm-up runs (``time_runners``: a backend's
 contenders run together, each backend's turn opened by an untimed run, the orders rotated every round), until
-each has ``min_iterations`` runs and ``min_seconds`` have passed (CUDA events on the torch stream for torch
-and TensorRT on a GPU, wall time otherwise). Per row: median, p90 and p99 latency, images/s, GFLOPs, and two
-speedups, each as a ratio of medians and as the median of per-round ratios (paired: the two runs of a round met
-the same machine load): over the unpruned tower of the same backend and variant, beside the cost-model bound, and
-over the fastest unpruned deployment of the run (any backend, any variant).
+each has ``min_iterations`` runs and ``min_seconds`` have passed (CUDA events on the torch stream for torch on a
+GPU, wall time otherwise: ONNX Runtime, OpenVINO and Polygraphy's TensorRT runner return when done). Per row:
+median, p90 and p99 latency, images/s, GFLOPs (the sidecar's), and two speedups, each as a ratio of medians and
+as the median of per-round ratios (paired: the two runs of a round met the same machine load): over the unpruned
+tower of the same backend and variant, beside the cost-model bound, and over the fastest unpruned deployment of
+the run (any backend, any variant).
 """
 
 from __future__ import annotations
@@ -17,19 +24,22 @@ import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from prtk.core.errors import PrtkInputError
+from prtk.export.artifact import ArtifactFile
 from prtk.export.levels import DEFAULT_LEVEL, optimize_level
+from prtk.export.onnxruntime_session import onnxruntime_optimization
 from prtk.export.quantize import DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD, QuantizationConfig
-from prtk.pruning.cost import block_cost_ratio
 from prtk.models import LoadedClip
-from prtk.pruning.tower import check_keeps, default_layer
+from prtk.pruning.tower import check_keeps
 
-from .runners import OnnxRuntimeRunner, OpenVinoRunner, Runner, TensorRTRunner, TorchRunner
+from .runners import OnnxRuntimeRunner, OpenVinoRunner, Runner, TorchRunner
+from .validation import ONNX_BACKENDS, check_backend
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 VARIANTS = ("fp32", "int8-dynamic", "int8-static")
@@ -46,9 +56,11 @@ class Timing:
 
 @dataclass
 class BenchConfig:
-    """What to measure: the export settings (pack or baseline, keeps), backends, precision variants (with the
-    calibration of int8-static), batches, device, precision of torch and TensorRT's float variant, and ``timing``
-    (warm-up runs, then at least ``min_iterations`` runs and ``min_seconds`` per case)."""
+    """What to measure: the export settings of ``run_bench`` (pack or baseline, keeps, precision variants with the
+    calibration of int8-static), backends, batches, device, precision of torch and of the engines ``run_bench``
+    builds for the fp32 variant, and ``timing`` (warm-up runs, then at least ``min_iterations`` runs and
+    ``min_seconds`` per case). ``bench_artifacts`` reads only ``pack`` (the torch modules' pack) and the timing
+    settings (``check_timing``)."""
 
     keeps: tuple[float, ...] = (0.5, 0.6, 0.7)
     pack: str | None = None
@@ -80,10 +92,9 @@ class BenchConfig:
                             before_pruning=None if variant == "fp32" else self.before_pruning)
 
     def check(self) -> None:
+        """Refuse what cannot be exported or timed (``check_timing``) as asked."""
+        self.check_timing()
         check_keeps(self.keeps)
-        unknown = [b for b in self.backends if b not in BACKENDS]
-        if unknown or not self.backends:
-            raise PrtkInputError(f"backends must be among {', '.join(BACKENDS)}, got {','.join(self.backends)!r}")
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
             raise PrtkInputError(f"variants must be among {', '.join(VARIANTS)}, got {','.join(self.variants)!r}")
@@ -99,6 +110,18 @@ class BenchConfig:
         if self.calib_data is not None and "int8-static" not in self.variants:
             raise PrtkInputError("--calib-data is for the int8-static variant: add it to --variants or drop "
                                  "--calib-data")
+        runtimes = optimize_level(self.optimize).runtimes
+        beyond = [backend for backend in self.backends if backend != "torch" and backend not in runtimes]
+        if beyond:
+            raise PrtkInputError(f"--optimize {self.optimize} graphs run on {', '.join(runtimes)} only, not on "
+                                 f"{', '.join(beyond)}: bench those at O0 or O1")
+
+    def check_timing(self) -> None:
+        """Refuse backends, batches, device, precision or timing that cannot be measured (all that artifacts
+        need)."""
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown or not self.backends:
+            raise PrtkInputError(f"backends must be among {', '.join(BACKENDS)}, got {','.join(self.backends)!r}")
         if "openvino" in self.backends and self.device != "cpu":
             raise PrtkInputError(f"OpenVINO runs here on the CPU: bench it with --device cpu, not {self.device}")
         if not self.batches or min(self.batches) < 1:
@@ -107,11 +130,6 @@ class BenchConfig:
             raise PrtkInputError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
         if self.precision != "fp32" and self.device == "cpu":
             raise PrtkInputError(f"{self.precision} is for GPUs: pass --device cuda, or --precision fp32 on CPU")
-        runtimes = optimize_level(self.optimize).runtimes
-        beyond = [backend for backend in self.backends if backend != "torch" and backend not in runtimes]
-        if beyond:
-            raise PrtkInputError(f"--optimize {self.optimize} graphs run on {', '.join(runtimes)} only, not on "
-                                 f"{', '.join(beyond)}: bench those at O0 or O1")
         timing = self.timing
         if timing.warmup < 0 or timing.min_iterations < 1 or timing.min_seconds < 0:
             raise PrtkInputError("warm-up must be >= 0, iterations >= 1 and seconds >= 0")
@@ -119,15 +137,17 @@ class BenchConfig:
 
 @dataclass
 class BenchRow:
-    """One contender at one batch: latency (ms) over ``iterations`` timed runs, images/s, GFLOPs per image; the
-    speedup over the unpruned tower (``keep`` None) of the same backend and variant (``speedup`` a ratio of
-    medians, ``paired_speedup`` the median of per-round ratios) beside the cost-model ``bound``; and over the
-    fastest unpruned deployment of the run at this batch (``vs_fastest_unpruned``, ``paired_vs_fastest_unpruned``);
-    ``times_ms`` every timed run, one per round in round order, for pairing with any other row of the batch."""
+    """One contender at one batch: the file timed (``artifact``; for torch the graph whose PyTorch module ran),
+    latency (ms) over ``iterations`` timed runs, images/s, GFLOPs per image; the speedup over the unpruned tower
+    (``keep`` None) of the same backend and variant (``speedup`` a ratio of medians, ``paired_speedup`` the median of
+    per-round ratios) beside the cost-model ``bound``; and over the fastest unpruned deployment of the run at this
+    batch (``vs_fastest_unpruned``, ``paired_vs_fastest_unpruned``); ``times_ms`` every timed run, one per round in
+    round order, for pairing with any other row of the batch."""
 
     backend: str
     variant: str
     keep: float | None
+    artifact: str
     batch: int
     median_ms: float
     p90_ms: float
@@ -135,9 +155,9 @@ class BenchRow:
     images_per_s: float
     iterations: int
     gflops: float
+    bound: float
     speedup: float = 1.0
     paired_speedup: float = 1.0
-    bound: float = 1.0
     vs_fastest_unpruned: float = 1.0
     paired_vs_fastest_unpruned: float = 1.0
     times_ms: list[float] = field(default_factory=list)
@@ -149,7 +169,7 @@ class BenchRow:
 
 @dataclass(frozen=True)
 class BenchResult:
-    """Every row of one ``run_bench`` (per backend and variant, unpruned first), and per batch the fastest unpruned
+    """Every row of one bench (per backend and variant, unpruned first), and per batch the fastest unpruned
     deployment (``"backend variant"``) that ``vs_fastest_unpruned`` divides by."""
 
     model: str
@@ -163,6 +183,26 @@ class BenchResult:
         return {"model": self.model, "device": self.device, "precision": self.precision,
                 "fastest_unpruned": {str(batch): name for batch, name in self.fastest_unpruned.items()},
                 "rows": [asdict(row) for row in self.rows]}
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One thing timed: ``artifact`` on ``backend`` (torch: the PyTorch module an fp32 graph was exported from)."""
+
+    backend: str
+    variant: str
+    keep: float | None
+    artifact: ArtifactFile
+
+    @property
+    def key(self) -> tuple[str, str, float | None]:
+        return self.backend, self.variant, self.keep
+
+    @property
+    def bound(self) -> float:
+        """The cost model's speedup over the unpruned tower (1 for the unpruned tower)."""
+        pruning = self.artifact.sidecar["pruning"]
+        return 1.0 if pruning is None else 1 / pruning["block_cost_ratio"]
 
 
 def time_runners(runners: dict, images: torch.Tensor, timing: Timing) -> dict[object, list[float]]:
@@ -212,8 +252,8 @@ def paired_ratio(reference: list[float], contender: list[float]) -> float:
 
 
 def _time_once(runner: Runner, prepared) -> float:
-    """Milliseconds of one ``infer``: CUDA events on the torch stream (torch, TensorRT on a GPU), else wall time."""
-    if runner.on_gpu and isinstance(runner, (TorchRunner, TensorRTRunner)):
+    """Milliseconds of one ``infer``: CUDA events on the torch stream for torch on a GPU, else wall time."""
+    if runner.on_gpu and isinstance(runner, TorchRunner):
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
         runner.infer(prepared)
@@ -226,85 +266,175 @@ def _time_once(runner: Runner, prepared) -> float:
     return 1000 * (time.perf_counter() - tick)
 
 
+def collect_artifacts(targets: Sequence[str | Path]) -> list[ArtifactFile]:
+    """Every ``.onnx`` and ``.engine`` among ``targets`` (files, or folders as written by ``prtk export`` and
+    ``prtk build-engine``), each read with its sidecar; refused unless all come from one model, weights and pack."""
+    paths: list[Path] = []
+    for target in map(Path, targets):
+        if target.is_dir():
+            found = sorted(p for p in target.iterdir() if p.suffix in (".onnx", ".engine"))
+            if not found:
+                raise PrtkInputError(f"no .onnx or .engine file in {target}")
+            paths += found
+        elif target.is_file():
+            paths.append(target)
+        else:
+            raise PrtkInputError(f"artifact not found: {target}")
+    artifacts = [ArtifactFile.read(path) for path in paths]
+    origins = {_origin(artifact) for artifact in artifacts}
+    if len(origins) > 1:
+        first, *_ = artifacts
+        other = next(a for a in artifacts if _origin(a) != _origin(first))
+        raise PrtkInputError(f"{first.path.name} and {other.path.name} come from different models, weights or packs: "
+                             "bench one model's artifacts at a time")
+    return artifacts
+
+
+def _origin(artifact: ArtifactFile) -> tuple:
+    sidecar = artifact.sidecar
+    pack = sidecar.get("pack")
+    return sidecar["model"], sidecar["weights"]["sha256"], pack["sha256"] if pack else None
+
+
+def artifact_variant(artifact: ArtifactFile) -> str:
+    """``int8-dynamic`` / ``int8-static`` for a quantized graph (and an engine built from one), else the graph's
+    precision or the engine's TensorRT precision."""
+    quantization = artifact.sidecar.get("quantization")
+    return quantization["mode"] if quantization else artifact.precision
+
+
+def plan_contenders(artifacts: list[ArtifactFile], backends: Sequence[str],
+                    variants: Sequence[str] | None = None) -> list[Contender]:
+    """The contenders of ``backends`` over ``artifacts`` (ONNX Runtime and OpenVINO only on graphs of ``variants``
+    when given), per backend the unpruned tower first and then the keeps ascending; refused in one line when a
+    backend has nothing to run, a (backend, variant) has no unpruned tower to compare with, or two artifacts are
+    the same contender."""
+    contenders: list[Contender] = []
+    for backend in backends:
+        chosen = [a for a in artifacts if _runs_on(a, backend)
+                  and (variants is None or backend not in ONNX_BACKENDS or artifact_variant(a) in variants)]
+        if not chosen:
+            raise PrtkInputError(f"no artifact runs on {backend}: {_runs_on_hint(backend)}")
+        found = [Contender(backend, "fp32" if backend == "torch" else artifact_variant(a),
+                           (a.sidecar["pruning"] or {}).get("keep"), a) for a in chosen]
+        for contender in found:
+            twin = next((c for c in contenders + found if c.key == contender.key and c is not contender), None)
+            if twin is not None:
+                raise PrtkInputError(f"{twin.artifact.path.name} and {contender.artifact.path.name} are both {backend} "
+                                     f"{contender.variant} at keep {contender.keep}: bench them separately")
+        for found_variant in dict.fromkeys(c.variant for c in found):
+            if not any(c.variant == found_variant and c.keep is None for c in found):
+                raise PrtkInputError(f"no unpruned {found_variant} tower among the artifacts for {backend} to compare "
+                                     "with: export with --full (and build its engine)")
+        order = list(dict.fromkeys(c.variant for c in found))
+        contenders += sorted(found, key=lambda c: (order.index(c.variant), c.keep is not None, c.keep or 0.0))
+    return contenders
+
+
+def _runs_on(artifact: ArtifactFile, backend: str) -> bool:
+    if backend == "tensorrt":
+        return artifact.path.suffix == ".engine"
+    if artifact.path.suffix == ".engine":
+        return False
+    if backend == "torch":
+        return artifact.precision == "fp32"
+    try:
+        check_backend(artifact, backend)
+    except PrtkInputError:
+        return False
+    return backend in ONNX_BACKENDS
+
+
+def _runs_on_hint(backend: str) -> str:
+    return {"tensorrt": "build engines with `prtk build-engine DIR`",
+            "torch": "torch times the PyTorch module of an fp32 graph, and there is none",
+            }.get(backend, "every graph is for other runtimes (see each sidecar's runtimes)")
+
+
+def bench_artifacts(targets: Sequence[str | Path], config: BenchConfig, clip: LoadedClip | None = None,
+                    progress: Callable[[int, int], None] | None = None,
+                    variants: Sequence[str] | None = None) -> BenchResult:
+    """Time the artifacts at ``targets`` (``collect_artifacts``) on ``config.backends`` (``plan_contenders``); torch
+    runs each fp32 graph's PyTorch module, rebuilt over ``clip`` (default: the model its sidecar names) and
+    ``config.pack``."""
+    config.check_timing()
+    artifacts = collect_artifacts(targets)
+    contenders = plan_contenders(artifacts, config.backends, variants)
+    if clip is None and "torch" in config.backends:
+        clip = artifacts[0].reference_model()
+    runners = {c.key: _runner(c, clip, config) for c in contenders}
+    size = artifacts[0].sidecar["input"]["shape"][2]
+    generator = torch.Generator().manual_seed(config.seed)
+    inputs = {batch: torch.randn(batch, 3, size, size, generator=generator) for batch in config.batches}
+    rows = []
+    for done, (batch, images) in enumerate(inputs.items()):
+        samples = time_runners(runners, images, config.timing)
+        rows += [BenchRow(*c.key, c.artifact.path.name, batch, **latency_stats(samples[c.key], batch),
+                          gflops=c.artifact.sidecar["gflops"], bound=c.bound, times_ms=samples[c.key])
+                 for c in contenders]
+        if progress is not None:
+            progress(done + 1, len(inputs))
+    del runners
+    order = [c.key for c in contenders]
+    rows.sort(key=lambda row: (order.index(row.contender), row.batch))
+    fastest = _add_speedups(rows)
+    return BenchResult(artifacts[0].sidecar["model"], config.device, config.precision, rows, fastest)
+
+
 def run_bench(clip: LoadedClip, config: BenchConfig,
               progress: Callable[[int, int], None] | None = None) -> BenchResult:
-    """One row per (backend, variant, keep, batch), the unpruned tower (keep None) first per backend and variant."""
-    from prtk.export.artifact import tower_gflops
-    from prtk.export.exporter import deployed_tower, load_export_pack
+    """Export ``clip``'s graphs as ``config`` says (every variant, unpruned and each keep, unchecked) into a
+    temporary folder, build their engines there when TensorRT is a backend, and ``bench_artifacts`` them."""
+    from prtk.export.exporter import export_models
 
     config.check()
     if "tensorrt" in config.backends:
-        from .tensorrt_build import require_tensorrt
+        from .tensorrt_adapter import require_tensorrt
 
         require_tensorrt()
-    exports = {variant: config.export_config(variant) for variant in config.variants}
+    timed = dict.fromkeys((*config.variants, *(("fp32",) if "torch" in config.backends else ())))
+    exports = {variant: config.export_config(variant) for variant in timed}  # fp32 also for torch's modules
     for export in exports.values():
         export.check_values()
-    float_export = config.export_config("fp32")
-    pack = load_export_pack(clip, float_export)
-    targets: list[float | None] = [None, *config.keeps]
-    contenders = [(backend, variant, keep) for backend in config.backends for variant in config.variants
-                  if variant in BACKEND_VARIANTS[backend] for keep in targets]
-    size = clip.spec.image_size
-    generator = torch.Generator().manual_seed(config.seed)
-    inputs = {batch: torch.randn(batch, 3, size, size, generator=generator) for batch in config.batches}
-    gflops = {keep: tower_gflops(clip.spec, deployed_tower(clip, float_export, pack, keep).tower, pack is not None)
-              for keep in targets}
-    rows = []
     with tempfile.TemporaryDirectory(prefix="prtk-bench-") as folder:
-        graphs = _export_graphs(clip, config, exports, contenders, folder)
-        runners = {contender: _runner(contender, clip, float_export, pack, graphs, config) for contender in contenders}
-        for done, (batch, images) in enumerate(inputs.items()):
-            samples = time_runners(runners, images, config.timing)
-            rows += [BenchRow(*contender, batch, **latency_stats(times, batch), gflops=gflops[contender[2]],
-                              times_ms=times) for contender, times in samples.items()]
-            if progress is not None:
-                progress(done + 1, len(inputs))
-        del runners
-    rows.sort(key=lambda row: (contenders.index(row.contender), row.batch))
-    fastest = _add_speedups(rows, clip, pack, float_export)
-    return BenchResult(clip.name, config.device, config.precision, rows, fastest)
+        targets = []
+        for variant, export in exports.items():
+            graphs = [record.path for record in export_models(clip, export, folder, None)]
+            if any(variant in BACKEND_VARIANTS[b] for b in config.backends if b != "tensorrt"):
+                targets += graphs
+            if "tensorrt" in config.backends and variant in BACKEND_VARIANTS["tensorrt"]:
+                targets += _build_engines(graphs, variant, config, Path(folder))
+        return bench_artifacts(targets, config, clip, progress, config.variants)
 
 
-def _export_graphs(clip: LoadedClip, config: BenchConfig, exports: dict, contenders: list, folder: str) -> dict:
-    """The ONNX graph of every (variant, keep) that a runtime backend times, exported unchecked into ``folder``."""
-    from prtk.export.exporter import export_models
-
-    variants = {variant for backend, variant, _ in contenders if backend != "torch"}
-    graphs = {}
-    for variant in sorted(variants, key=config.variants.index):
-        for record in export_models(clip, exports[variant], folder, None):
-            pruning = record.meta["pruning"]
-            graphs[(variant, pruning["keep"] if pruning else None)] = record.path
-    return graphs
-
-
-def _runner(contender: tuple, clip, export, pack, graphs: dict, config: BenchConfig) -> Runner:
-    from prtk.export.exporter import deployed_tower
-    from prtk.export.onnxruntime_session import onnxruntime_optimization
-
-    backend, variant, keep = contender
-    if backend == "torch":
-        return TorchRunner(deployed_tower(clip, export, pack, keep), config.device, config.precision)
-    path = graphs[(variant, keep)]
-    if backend == "onnxruntime":
-        precision = "fp32" if variant == "fp32" else "int8"
-        return OnnxRuntimeRunner(path, "cpu" if config.device == "cpu" else "cuda",
-                                 onnxruntime_optimization(precision))
-    if backend == "openvino":
-        return OpenVinoRunner(path)
-    from .tensorrt_build import EngineConfig, build_engine
+def _build_engines(sources: list[Path], variant: str, config: BenchConfig, folder: Path) -> list[Path]:
+    """The engines of ``sources`` (``variant``'s graphs): int8 for int8-static, else at ``config.precision``; one
+    timing cache in ``folder`` for every build."""
+    from .tensorrt_build import EngineConfig, build_engines
 
     batches = sorted(config.batches)
-    precision = config.precision if variant == "fp32" else "int8"
-    engine = build_engine(path, EngineConfig(precision, (batches[0], batches[len(batches) // 2], batches[-1])))
-    return TensorRTRunner(engine, config.device if config.device != "cpu" else "cuda")
+    engine = EngineConfig("int8" if variant == "int8-static" else config.precision,
+                          (batches[0], batches[len(batches) // 2], batches[-1]),
+                          timing_cache=str(folder / "timing.cache"))
+    return list(build_engines(sources, engine))
 
 
-def _add_speedups(rows: list[BenchRow], clip: LoadedClip, pack, export) -> dict[int, str]:
-    """Fill in every row's speedups and bound; returns the fastest unpruned deployment per batch."""
-    layer = pack.layer if pack is not None else (export.layer or default_layer(clip.spec))
-    tokens = pack.num_tokens if pack is not None and export.tokens else 0
+def _runner(contender: Contender, clip: LoadedClip | None, config: BenchConfig) -> Runner:
+    artifact = contender.artifact
+    if contender.backend == "torch":
+        return TorchRunner(artifact.reference(clip, config.pack), config.device, config.precision)
+    if contender.backend == "onnxruntime":
+        return OnnxRuntimeRunner(artifact.path, "cpu" if config.device == "cpu" else "cuda",
+                                 onnxruntime_optimization(artifact.precision))
+    if contender.backend == "openvino":
+        return OpenVinoRunner(artifact.path)
+    from .tensorrt_adapter import TensorRTRunner
+
+    return TensorRTRunner(artifact.path, config.device if config.device != "cpu" else "cuda")
+
+
+def _add_speedups(rows: list[BenchRow]) -> dict[int, str]:
+    """Fill in every row's speedups; returns the fastest unpruned deployment per batch."""
     fastest = {}
     for batch in {row.batch for row in rows}:
         unpruned = [row for row in rows if row.batch == batch and row.keep is None]
@@ -316,5 +446,4 @@ def _add_speedups(rows: list[BenchRow], clip: LoadedClip, pack, export) -> dict[
         row.paired_speedup = paired_ratio(own.times_ms, row.times_ms)
         row.vs_fastest_unpruned = best.median_ms / row.median_ms
         row.paired_vs_fastest_unpruned = paired_ratio(best.times_ms, row.times_ms)
-        row.bound = 1.0 if row.keep is None else 1 / block_cost_ratio(clip.spec, row.keep, layer, tokens)
     return {batch: f"{row.backend} {row.variant}" for batch, row in sorted(fastest.items())}

@@ -1,5 +1,5 @@
 """One runner interface for every backend: the PyTorch module, an ONNX Runtime session, an OpenVINO compiled model,
-a TensorRT engine.
+and a TensorRT engine (``prtk.engines.tensorrt_adapter.TensorRTRunner``, over Polygraphy's ``TrtRunner``).
 
 A runner takes preprocessed images ``[B,3,H,W]`` (float32, CPU) through ``prepare`` (moved to where the
 backend reads them, once, outside any timing), runs them with ``infer`` and hands back the outputs by
@@ -133,48 +133,3 @@ class OpenVinoRunner(Runner):
     def fetch(self, outputs) -> dict[str, np.ndarray]:
         return {name: np.array(outputs[output]) for name, output in zip(self.output_names, self.compiled.outputs,
                                                                         strict=True)}
-
-
-class TensorRTRunner(Runner):
-    """A serialized TensorRT engine; inputs and outputs are torch CUDA tensors bound by address (no pycuda)."""
-
-    name = "tensorrt"
-
-    def __init__(self, path: str | Path, device: str = "cuda"):
-        from .tensorrt_build import require_tensorrt
-
-        trt = require_tensorrt()
-        self.trt, self.device = trt, device
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
-        if self.engine is None:
-            raise PrtkInputError(f"cannot load TensorRT engine {path}: built by another TensorRT version or GPU?")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self.output_names = [n for n in names if n != self.input_name]
-        self.stream = torch.cuda.Stream(device)
-
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(self.device, torch.float32).contiguous()
-
-    def infer(self, prepared: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.context.set_input_shape(self.input_name, tuple(prepared.shape))
-        self.context.set_tensor_address(self.input_name, prepared.data_ptr())
-        outputs = {}
-        for name in self.output_names:
-            dtype = _TORCH_DTYPES[self.engine.get_tensor_dtype(name).name]
-            outputs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device=self.device)
-            self.context.set_tensor_address(name, outputs[name].data_ptr())
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
-        return outputs
-
-    def fetch(self, outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        return {name: value.cpu().numpy() for name, value in outputs.items()}
-
-
-_TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
-                 "INT64": torch.int64, "BOOL": torch.bool, "INT8": torch.int8, "UINT8": torch.uint8}

@@ -1,8 +1,9 @@
-"""Build a serialized TensorRT engine from an exported ONNX graph (TensorRT imported only here, lazily).
+"""Build serialized TensorRT engines from exported ONNX graphs: which graphs, at which precision, written where.
 
-The network is parsed from the ONNX file, the optimisation profile covers ``batch = MIN:OPT:MAX`` with every
-other dimension as exported, fp16 / bf16 are enabled as asked while LayerNorm, softmax and reductions stay
-in fp32 (precision constraints obeyed), and a timing cache beside the engine is read and updated.
+The build itself is Polygraphy's (``prtk.engines.tensorrt_adapter``, the one module that reaches TensorRT): the
+network parsed from the ONNX file, one optimisation profile over ``batch = MIN:OPT:MAX`` with every other dimension
+as exported, fp16 / bf16 / int8 as asked while LayerNorm, softmax and reductions stay fp32, and a timing cache
+shared by the builds of one folder, read before and updated after each.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-import torch
-
 from prtk.core.files import check_not_an_input, check_writable, write_bytes_atomic, write_json_atomic
 from prtk.core.errors import PrtkInputError
 from prtk.export.onnx_graph import custom_domains, load_graph
-from prtk.export.onnxruntime_session import GPU_HINT
+
+from .tensorrt_adapter import build_engine_bytes, require_tensorrt
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
@@ -49,18 +49,6 @@ def parse_batch_profile(text: str) -> tuple[int, int, int]:
     except ValueError:
         raise PrtkInputError(f"--batch must be MIN:OPT:MAX, e.g. 1:8:32, got {text!r}") from None
     return low, opt, high
-
-
-def require_tensorrt():
-    """The ``tensorrt`` module, or one line saying what is missing and how to get it."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise PrtkInputError(f"TensorRT is not installed here: {GPU_HINT}") from None
-    if not torch.cuda.is_available():
-        raise PrtkInputError(f"no CUDA GPU is visible (torch {torch.__version__}): TensorRT engines are built and "
-                             "run on an NVIDIA GPU")
-    return tensorrt
 
 
 def engine_path(onnx_path: Path, precision: str) -> Path:
@@ -123,54 +111,19 @@ def build_engine(onnx_path: str | Path, config: EngineConfig, force: bool = Fals
     check_buildable(onnx_path, config.precision)
     out = check_writable(engine_path(onnx_path, config.precision), force)
     check_writable(out.with_suffix(".json"), force)
-    trt = require_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise PrtkInputError(f"TensorRT cannot parse {onnx_path}: {errors}")
-    builder_config = builder.create_builder_config()
-    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(config.workspace_gib * 2 ** 30))
-    if config.precision == "int8":
-        builder_config.set_flag(trt.BuilderFlag.INT8)  # where the graph's Q/DQ nodes say; the rest in fp16
-    if config.precision != "fp32":
-        builder_config.set_flag(trt.BuilderFlag.BF16 if config.precision == "bf16" else trt.BuilderFlag.FP16)
-        builder_config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        _keep_sensitive_layers_fp32(trt, network)
-    image = network.get_input(0)
-    profile = builder.create_optimization_profile()
-    shape = tuple(image.shape)[1:]
-    profile.set_shape(image.name, *((size, *shape) for size in config.batch))
-    builder_config.add_optimization_profile(profile)
-    cache_path = Path(config.timing_cache) if config.timing_cache else None
-    cache = builder_config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
-    builder_config.set_timing_cache(cache, ignore_mismatch=False)
-    serialized = builder.build_serialized_network(network, builder_config)
-    if serialized is None:
-        raise PrtkInputError(f"TensorRT could not build an engine from {onnx_path} (see its log above)")
-    write_bytes_atomic(out, bytes(serialized))
-    if cache_path is not None:
-        write_bytes_atomic(cache_path, bytes(builder_config.get_timing_cache().serialize()))
+    model = load_graph(onnx_path)
+    image = model.graph.input[0]
+    shape = tuple(dim.dim_value for dim in image.type.tensor_type.shape.dim)[1:]
+    cache = Path(config.timing_cache) if config.timing_cache else None
+    built = build_engine_bytes(onnx_path, image.name, shape, config.precision, config.batch, config.workspace_gib,
+                               cache)
+    write_bytes_atomic(out, built.engine)
     write_json_atomic(out.with_suffix(".json"), _onnx_sidecar(onnx_path) | {"tensorrt": {
-        "version": trt.__version__, "gpu": torch.cuda.get_device_name(),
-        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability())),
-        "precision": config.precision, "batch_profile": dict(zip(("min", "opt", "max"), config.batch, strict=True)),
+        "version": built.tensorrt_version, "gpu": built.gpu, "compute_capability": built.compute_capability,
+        "builder": built.builder, "precision": config.precision,
+        "batch_profile": dict(zip(("min", "opt", "max"), config.batch, strict=True)),
         "workspace_gib": config.workspace_gib, "onnx": onnx_path.name}})
     return out
-
-
-def _keep_sensitive_layers_fp32(trt, network) -> None:
-    """LayerNorm, softmax and reductions compute in fp32 under fp16/bf16."""
-    sensitive = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
-    floating = {trt.float32, trt.float16, trt.bfloat16}
-    for index in range(network.num_layers):
-        layer = network.get_layer(index)
-        if layer.type in sensitive and layer.get_output(0).dtype in floating:
-            layer.precision = trt.float32
-            for output in range(layer.num_outputs):
-                layer.set_output_type(output, trt.float32)
 
 
 def _onnx_sidecar(onnx_path: Path) -> dict:

@@ -4,13 +4,17 @@ Over an ImageFolder, the artifact (through its runner) and the PyTorch reference
 the tower pruned with the same pack, scorer and keep ratio — embed every image; zero-shot predictions use
 the model's own text tower over the folder's class names. Reported: top-1 of each, the artifact's delta
 against both, prediction agreement with the pruned reference, embedding cosine (min, mean), max abs
-difference, max relative error, kept-index overlap, and a per-class breakdown; pass/fail against thresholds
-for the precision the graph's weights have. Before any of it, the sidecar is checked against the graph
-(``prtk.export.artifact``): an edited or broken sidecar, or a corrupt graph, is bad input.
+difference (Polygraphy's comparator over every batch, ``prtk.export.tensor_comparison``), max relative error,
+kept-index overlap, and a per-class breakdown; pass/fail against thresholds for the precision the graph's
+weights have. The tensor comparison can be saved as Polygraphy run results, with a data-loader script that
+feeds ``polygraphy run`` the same batches, and the report names the ``polygraphy run`` command that repeats it.
+Before any of it, the sidecar is checked against the graph (``prtk.export.artifact``): an edited or broken
+sidecar, or a corrupt graph, is bad input.
 """
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,12 +25,13 @@ import torch.nn.functional as F
 
 from prtk import __version__
 from prtk.core.errors import PrtkInputError
-from prtk.core.files import write_bytes_atomic, write_json_atomic
+from prtk.core.files import commit_together, write_bytes_atomic, write_json_atomic
 from prtk.export.artifact import ArtifactFile
 from prtk.export.onnxruntime_session import onnxruntime_optimization
+from prtk.export.tensor_comparison import RunRecorder, TensorComparison, tolerance_flags
 from prtk.models import LoadedClip
 
-from .runners import OnnxRuntimeRunner, OpenVinoRunner, Runner, TensorRTRunner
+from .runners import OnnxRuntimeRunner, OpenVinoRunner, Runner
 
 ONNX_BACKENDS = ("onnxruntime", "openvino")
 
@@ -68,7 +73,9 @@ class ValidationReport:
     """An artifact against its references over ``data`` (root, images, classes): top-1 (%) of the unpruned and
     pruned references and the artifact, the artifact's deltas (points), agreement with the pruned reference
     (%), embedding cosine (min, mean), largest element and per-image relative difference, kept-index overlap
-    (mean, min, identical %; None without kept indices), the criteria, and per class."""
+    (mean, min, identical %; None without kept indices), Polygraphy's tensor comparison and the ``polygraphy run``
+    command that repeats it (on ``RESULTS.json`` placeholders unless the results were saved), the criteria, and
+    per class."""
 
     artifact: str
     backend: str
@@ -85,6 +92,9 @@ class ValidationReport:
     max_abs_diff: float
     max_relative_error: float
     kept_overlap: dict[str, float] | None
+    tensor_comparison: TensorComparison
+    results: str | None  # the saved Polygraphy run results
+    polygraphy_command: str
     thresholds: Thresholds
     criteria: dict[str, Criterion]
     per_class: dict[str, dict]
@@ -105,9 +115,11 @@ class ValidationReport:
 
 def validate(clip: LoadedClip, artifact: ArtifactFile, data_root: str | Path, thresholds: Thresholds,
              pack_path: str | None = None, limit: int | None = None, batch_size: int = 64,
-             progress: Callable[[int, int], None] | None = None, backend: str = "onnxruntime") -> ValidationReport:
+             progress: Callable[[int, int], None] | None = None, backend: str = "onnxruntime",
+             results_path: str | Path | None = None) -> ValidationReport:
     """Run the artifact (an ONNX graph on ``backend``: ``ONNX_BACKENDS``; an engine on TensorRT) and its references
-    over ``data_root``; ``report.passed`` is the verdict."""
+    over ``data_root``; ``report.passed`` is the verdict. With ``results_path``, the tensor comparison's run results
+    are written there (Polygraphy's JSON) and its data loader beside them (``inputs_script_path``)."""
     from prtk.data.folder import ImageFolderDataset, class_display_name, make_loader
     from prtk.export.checks import kept_index_overlap
     from prtk.models.zeroshot import class_embeddings, zero_shot_logits
@@ -117,7 +129,8 @@ def validate(clip: LoadedClip, artifact: ArtifactFile, data_root: str | Path, th
     dataset = ImageFolderDataset(data_root, clip.preprocess, clip.spec.image_size, limit)
     classifier = class_embeddings(clip.model, clip.tokenizer, [class_display_name(c) for c in dataset.classes])
     columns: dict[str, list] = {name: [] for name in ("label", "unpruned", "pruned", "artifact", "cosine",
-                                                       "max_abs", "relative", "kept_overlap")}
+                                                       "relative", "kept_overlap")}
+    recorder = RunRecorder(runner.name)
     done = 0
     for images, labels, indices, errors in make_loader(dataset, batch_size, 0):
         bad = next((i for i, error in enumerate(errors) if error), None)
@@ -127,13 +140,13 @@ def validate(clip: LoadedClip, artifact: ArtifactFile, data_root: str | Path, th
             unpruned = clip.visual(images)
             expected = dict(zip(reference.output_names, reference(images), strict=True))
         got = runner(images)
+        recorder.add({name: value.numpy() for name, value in expected.items()}, got)
         embedding = torch.from_numpy(got["embedding"]).float()
         columns["label"] += labels.tolist()
         for name, value in (("unpruned", unpruned), ("pruned", expected["embedding"]), ("artifact", embedding)):
             columns[name] += zero_shot_logits(value, classifier).argmax(1).tolist()
         columns["cosine"] += F.cosine_similarity(embedding, expected["embedding"].float(), dim=1).tolist()
         difference = (embedding - expected["embedding"]).double()
-        columns["max_abs"] += difference.abs().amax(1).tolist()
         columns["relative"] += (difference.norm(dim=1) / expected["embedding"].double().norm(dim=1)
                                 .clamp_min(1e-30)).tolist()
         if "kept_indices" in got and "kept_indices" in expected:
@@ -141,7 +154,59 @@ def validate(clip: LoadedClip, artifact: ArtifactFile, data_root: str | Path, th
         done += len(labels)
         if progress is not None:
             progress(done, len(dataset))
-    return _report(artifact, runner.name, clip, dataset, columns, thresholds, str(data_root))
+    comparison = recorder.compare({"embedding": thresholds.max_abs_diff})
+    if results_path is not None:
+        _save_results(recorder, Path(results_path), inputs_script(artifact.path, data_root, limit, batch_size))
+    command = polygraphy_command(artifact, comparison, results_path)
+    return _report(artifact, runner.name, clip, dataset, columns, comparison,
+                   None if results_path is None else str(results_path), command, thresholds, str(data_root))
+
+
+def _save_results(recorder: RunRecorder, results_path: Path, script: str) -> None:
+    """The run results and their data-loader script, staged and moved into place together."""
+    script_path = inputs_script_path(results_path)
+    staged = [path.with_name(f".{path.name}.partial") for path in (results_path, script_path)]
+    recorder.save(staged[0])
+    write_bytes_atomic(staged[1], script.encode())
+    commit_together(results_path.stem, list(zip(staged, (results_path, script_path), strict=True)))
+
+
+def inputs_script_path(results_path: str | Path) -> Path:
+    """The data-loader script written beside the run results: ``r.json`` -> ``r_inputs.py`` (Polygraphy imports it
+    as a module named by its stem, which must not hold a dot)."""
+    path = Path(results_path)
+    return path.with_name(f"{path.stem.replace('.', '_')}_inputs.py")
+
+
+def inputs_script(artifact_path: Path, data_root: str | Path, limit: int | None, batch_size: int) -> str:
+    """A ``polygraphy run --data-loader-script`` that yields the batches ``validate`` ran, in its order."""
+    return (f'"""Written by `prtk validate`: the batches it validated {artifact_path.name} on, for `polygraphy run '
+            f'--data-loader-script`."""\n\nfrom prtk.engines.validation import validation_feeds\n\n\n'
+            f"def load_data():\n    yield from validation_feeds({str(Path(artifact_path).resolve())!r}, "
+            f"{str(Path(data_root).resolve())!r}, limit={limit!r}, batch_size={batch_size})\n")
+
+
+def validation_feeds(artifact_path: str, data_root: str, limit: int | None, batch_size: int):
+    """The graph's input feeds ``{input name: [B,3,H,W] float32}`` of ``validate``'s batches: the same images,
+    preprocessed by the model the artifact was exported from, in the same order."""
+    from prtk.data.folder import ImageFolderDataset, make_loader
+
+    artifact = ArtifactFile.read(artifact_path)
+    clip = artifact.reference_model()
+    dataset = ImageFolderDataset(data_root, clip.preprocess, clip.spec.image_size, limit)
+    for images, *_ in make_loader(dataset, batch_size, 0):
+        yield {artifact.sidecar["input"]["name"]: images.numpy()}
+
+
+def polygraphy_command(artifact: ArtifactFile, comparison: TensorComparison, results_path: str | Path | None) -> str:
+    """The ``polygraphy run`` command that reruns the artifact on the saved batches and compares it with the saved
+    reference at the same tolerances: an engine on Polygraphy's TensorRT runner, a graph on its ONNX Runtime runner
+    (also one validated on OpenVINO, for which Polygraphy has no runner)."""
+    results = str(results_path) if results_path is not None else "RESULTS.json"
+    runner = "--trt --model-type engine" if artifact.path.suffix == ".engine" else "--onnxrt"
+    return " ".join(["polygraphy run", shlex.quote(str(artifact.path)), runner, "--data-loader-script",
+                     shlex.quote(str(inputs_script_path(results))), "--load-outputs", shlex.quote(results),
+                     tolerance_flags(comparison)])
 
 
 def check_backend(artifact: ArtifactFile, backend: str) -> None:
@@ -162,13 +227,16 @@ def artifact_runner(artifact: ArtifactFile, backend: str = "onnxruntime") -> Run
     precision's optimisation level, or OpenVINO)."""
     check_backend(artifact, backend)
     if artifact.path.suffix == ".engine":
+        from .tensorrt_adapter import TensorRTRunner
+
         return TensorRTRunner(artifact.path)
     if backend == "openvino":
         return OpenVinoRunner(artifact.path)
     return OnnxRuntimeRunner(artifact.path, optimization=onnxruntime_optimization(artifact.precision))
 
 
-def _report(artifact: ArtifactFile, backend: str, clip: LoadedClip, dataset, columns: dict, thresholds: Thresholds,
+def _report(artifact: ArtifactFile, backend: str, clip: LoadedClip, dataset, columns: dict,
+            comparison: TensorComparison, results: str | None, command: str, thresholds: Thresholds,
             data_root: str) -> ValidationReport:
     labels = np.array(columns["label"])
     predictions = {name: np.array(columns[name]) for name in ("unpruned", "pruned", "artifact")}
@@ -177,14 +245,15 @@ def _report(artifact: ArtifactFile, backend: str, clip: LoadedClip, dataset, col
     cosine = np.array(columns["cosine"])
     overlap = np.array(columns["kept_overlap"]) if columns["kept_overlap"] else None
     delta_pruned = top1["artifact"] - top1["pruned"]
-    max_abs, max_relative = float(max(columns["max_abs"])), float(max(columns["relative"]))
+    embedding = comparison.outputs["embedding"]
+    max_relative = float(max(columns["relative"]))
     criteria = {
         "agreement": Criterion(agreement, thresholds.min_agreement, agreement >= thresholds.min_agreement),
         "min_cosine": Criterion(float(cosine.min()), thresholds.min_cosine,
                                 float(cosine.min()) >= thresholds.min_cosine),
         "accuracy_delta_vs_pruned": Criterion(delta_pruned, thresholds.max_accuracy_delta,
                                               abs(delta_pruned) <= thresholds.max_accuracy_delta + 1e-9),
-        "max_abs_diff": Criterion(max_abs, thresholds.max_abs_diff, max_abs <= thresholds.max_abs_diff),
+        "max_abs_diff": Criterion(embedding.max_abs_diff, thresholds.max_abs_diff, embedding.passed),
         "max_relative_error": Criterion(max_relative, thresholds.max_relative_error,
                                         max_relative <= thresholds.max_relative_error),
     }
@@ -202,11 +271,12 @@ def _report(artifact: ArtifactFile, backend: str, clip: LoadedClip, dataset, col
         weights_sha256=clip.weights_sha256, pruning=artifact.sidecar["pruning"],
         data={"root": data_root, "images": int(len(labels)), "classes": dataset.classes}, top1=top1,
         delta_vs_unpruned=top1["artifact"] - top1["unpruned"], delta_vs_pruned=delta_pruned, agreement=agreement,
-        cosine={"min": float(cosine.min()), "mean": float(cosine.mean())}, max_abs_diff=max_abs,
+        cosine={"min": float(cosine.min()), "mean": float(cosine.mean())}, max_abs_diff=embedding.max_abs_diff,
         max_relative_error=max_relative,
         kept_overlap=None if overlap is None else {"mean": float(overlap.mean()), "min": float(overlap.min()),
                                                    "identical": 100.0 * float((overlap == 1.0).mean())},
-        thresholds=thresholds, criteria=criteria, per_class=per_class)
+        tensor_comparison=comparison, results=results, polygraphy_command=command, thresholds=thresholds,
+        criteria=criteria, per_class=per_class)
 
 
 def write_report(report: ValidationReport, markdown_path: str | Path, json_path: str | Path) -> str:
@@ -240,4 +310,12 @@ def markdown_report(report: ValidationReport) -> str:
     for name, criterion in report.criteria.items():
         lines.append(f"| {name} | {criterion.value:.6g} | {criterion.threshold:g} | "
                      f"{'pass' if criterion.passed else 'FAIL'} |")
+    comparison = report.tensor_comparison
+    outputs = ", ".join(f"{name} max abs diff {output.max_abs_diff:.2e} (atol {output.atol:g}: "
+                        f"{'pass' if output.passed else 'FAIL'})" for name, output in comparison.outputs.items())
+    saved = report.results is not None
+    lines += ["", f"Tensor comparison by {comparison.tool} (check_error_stat {comparison.error_stat}, every batch): "
+              f"{outputs}. The same comparison with Polygraphy alone"
+              + (":" if saved else " (validate with `--save-results RESULTS.json` to write the run results and "
+                 "their data loader):"), "", "```", report.polygraphy_command, "```"]
     return "\n".join(lines) + "\n"

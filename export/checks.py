@@ -1,4 +1,5 @@
-"""The checks run on every export: onnx.checker, ONNX Runtime against PyTorch on real images, TensorRT readiness."""
+"""The checks run on every export: onnx.checker, ONNX Runtime against PyTorch on real images (compared by Polygraphy),
+TensorRT readiness."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from .deployed import DeployedTower
 from .onnxruntime_session import onnxruntime_optimization, open_session, run_session
+from .tensor_comparison import RunRecorder
 from .tensorrt_readiness import tensorrt_findings
 
 
@@ -57,26 +59,29 @@ def check_tensorrt_readiness(model: onnx.ModelProto) -> CheckResult:
 
 
 def check_runtime(path: Path, reference: DeployedTower, images: torch.Tensor, tolerance: Tolerance) -> CheckResult:
-    """Run the ONNX file in ONNX Runtime (CPU) on ``images`` [n,3,H,W] and on the first image alone (batch 1),
-    and compare every output with the PyTorch module's."""
+    """Run the ONNX file in ONNX Runtime (CPU) on ``images`` [n,3,H,W] and on the first image alone (batch 1);
+    Polygraphy's comparator holds the float outputs to the PyTorch module's (logits at ``logit_scale`` times the
+    embedding's atol), the kept indices are held to ``tolerance.kept_agreement``."""
     session = open_session(path, optimization=onnxruntime_optimization(tolerance.precision))
     with torch.inference_mode():
-        expected = [output.numpy() for output in reference(images)]
-    worst_diff, agreement = 0.0, 1.0
+        expected = dict(zip(reference.output_names, (output.numpy() for output in reference(images)), strict=True))
+    recorder, agreement = RunRecorder("onnxruntime"), 1.0
     for actual in (run_session(session, images.numpy()), run_session(session, images[:1].numpy())):
-        for name, want in zip(reference.output_names, expected, strict=True):
-            got = actual[name]
-            want = want[:len(got)]
-            if name == "kept_indices":
-                agreement = min(agreement, float(np.mean(kept_index_overlap(got, want))))
-            else:
-                scale = reference.logit_scale if name == "logits" else 1.0
-                worst_diff = max(worst_diff, float(np.abs(got.astype(np.float64) - want).max()) / scale)
-    passed = worst_diff <= tolerance.embedding_atol and agreement >= tolerance.kept_agreement
-    detail = f"{len(images)} images, batch {len(images)} and 1: max abs diff {worst_diff:.2e}"
+        want = {name: value[:len(actual[name])] for name, value in expected.items()}
+        recorder.add(want, actual)
+        if "kept_indices" in want:
+            agreement = min(agreement, float(np.mean(kept_index_overlap(actual["kept_indices"],
+                                                                        want["kept_indices"]))))
+    atol = {"embedding": tolerance.embedding_atol, "logits": tolerance.embedding_atol * reference.logit_scale}
+    comparison = recorder.compare(atol)
+    worst = comparison.outputs["embedding"].max_abs_diff
+    passed = comparison.passed and agreement >= tolerance.kept_agreement
+    detail = f"{len(images)} images, batch {len(images)} and 1: max abs diff {worst:.2e}"
+    if "logits" in comparison.outputs:
+        detail += f", logits {comparison.outputs['logits'].max_abs_diff:.2e}"
     if reference.kept_indices:
         detail += f", kept indices {'identical' if agreement == 1.0 else f'{100 * agreement:.2f}% agree'}"
-    return CheckResult("onnxruntime", passed, detail)
+    return CheckResult("onnxruntime", passed, detail + f" ({comparison.tool})")
 
 
 def load_check_images(preprocess, image_size: int, data_root: str | Path | None,

@@ -4,6 +4,7 @@ quickstart -> cli, and nothing on the product path imports the test-bed training
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,54 @@ for index, stage in enumerate(stages):
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout == "", result.stdout
+
+
+TENSORRT_ADAPTER = "prtk.engines.tensorrt_adapter"
+TENSORRT_MODULES = ("tensorrt", "polygraphy.backend.trt")  # TensorRT, and Polygraphy's backend over it
+
+
+def reaches_tensorrt(path: Path) -> list[str]:
+    """What in ``path`` reaches TensorRT: imports of ``TENSORRT_MODULES`` (at the top or inside functions) and
+    ``import_module`` / ``lazy_import`` / ``__import__`` calls naming them."""
+    def tensorrt(name: str) -> bool:
+        return any(name == module or name.startswith(f"{module}.") for module in TENSORRT_MODULES)
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if tensorrt(alias.name)]
+        elif isinstance(node, ast.ImportFrom) and not node.level and tensorrt(node.module or ""):
+            found.append(node.module)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            called = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            if called in ("import_module", "lazy_import", "__import__") and tensorrt(
+                    re.split(r"[<>=!~ ]", str(node.args[0].value))[0]):
+                found.append(f"{called}({node.args[0].value!r})")
+    return found
+
+
+def test_only_the_adapter_reaches_tensorrt():
+    reaching = {name: reaches_tensorrt(path) for name, path in modules().items()}
+    assert set(reaching[TENSORRT_ADAPTER]) == {"tensorrt", "polygraphy.backend.trt"}, reaching[TENSORRT_ADAPTER]
+    strays = {name: found for name, found in reaching.items() if found and name != TENSORRT_ADAPTER}
+    assert not strays, f"TensorRT is reached outside {TENSORRT_ADAPTER}: {strays}"
+
+
+def test_importing_every_module_tries_no_tensorrt():
+    """In a fresh interpreter, importing every prtk module (the adapter too) never asks for TensorRT: an import
+    hook records every attempt, whether or not TensorRT is installed."""
+    names = sorted(name for name in modules() if stage_of(name) != "cli" or not name.endswith("__main__"))
+    code = f"""import importlib, sys
+asked = []
+class Recorder:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorrt":
+            asked.append(name)
+        return None
+sys.meta_path.insert(0, Recorder())
+for name in {names!r}:
+    importlib.import_module(name)
+print(asked, sorted(m for m in sys.modules if m.startswith("polygraphy.backend.trt")))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[] []", result.stdout

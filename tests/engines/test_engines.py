@@ -82,6 +82,34 @@ def test_bench_frontier_over_backends_and_variants():
     assert "fastest unpruned" in result.stderr
 
 
+def test_bench_times_an_export_folder_as_written(run_cli, tmp_path):
+    clip = load_clip(SHAPES)
+    folder = tmp_path / "exports"
+    for quantize in (None, "int8-dynamic"):
+        export_models(clip, ExportConfig(keeps=(0.6,), full=True, check=False, quantize=quantize), folder, None)
+    written = {path.name: path.read_bytes() for path in folder.iterdir()}
+    result = run_cli("bench", folder, "--backend", "torch,onnxruntime", "--batch", "2", "--warmup", "1",
+                     "--iterations", "3", "--seconds", "0", "--json", tmp_path / "bench.json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    stem = "prtk-testbed-shapes"
+    assert [(r["backend"], r["variant"], r["keep"], r["artifact"]) for r in rows] == [
+        ("torch", "fp32", None, f"{stem}_full.onnx"), ("torch", "fp32", 0.6, f"{stem}_keep0.60.onnx"),
+        ("onnxruntime", "fp32", None, f"{stem}_full.onnx"), ("onnxruntime", "fp32", 0.6, f"{stem}_keep0.60.onnx"),
+        ("onnxruntime", "int8-dynamic", None, f"{stem}_full_int8-dynamic.onnx"),
+        ("onnxruntime", "int8-dynamic", 0.6, f"{stem}_keep0.60_int8-dynamic.onnx")]
+    sidecar = json.loads((folder / f"{stem}_keep0.60.json").read_text())
+    for row in rows[1::2]:
+        assert row["gflops"] == sidecar["gflops"] and row["bound"] == pytest.approx(
+            1 / sidecar["pruning"]["block_cost_ratio"])
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == written
+    one = folder / f"{stem}_keep0.60.onnx"
+    assert_one_line_error(run_cli("bench", folder, "--keep", "0.5"), "--keep is for exporting a model's graphs")
+    assert_one_line_error(run_cli("bench", one, "--backend", "onnxruntime"), "no unpruned fp32 tower")
+    assert_one_line_error(run_cli("bench", folder, "--backend", "tensorrt"), "no artifact runs on tensorrt")
+    assert_one_line_error(run_cli("bench", tmp_path / "none"), "artifact not found")
+
+
 def test_bench_and_build_engine_refusals(run_cli, tmp_path):
     bench = ["bench", "--model", SHAPES, "--keep", "0.6", "--batch", "1"]
     assert_one_line_error(run_cli(*bench, "--precision", "fp16"), "fp16 is for GPUs")
@@ -104,7 +132,7 @@ def test_build_engine_without_tensorrt_says_what_is_missing(run_cli, tmp_path):
 
 @pytest.mark.skipif(not HAS_TENSORRT, reason=NO_TENSORRT)
 def test_tensorrt_engine_matches_torch(tmp_path):
-    from prtk.engines.runners import TensorRTRunner
+    from prtk.engines.tensorrt_adapter import TensorRTRunner
     from prtk.engines.tensorrt_build import EngineConfig, build_engine
 
     clip = load_clip(SHAPES)

@@ -108,6 +108,15 @@ def check_json_destination(destination: str | None, force: bool, inputs: dict[st
         check_output(destination, force, inputs or {})
 
 
+def refuse_export_options(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Refuse, in one line, export options given to a command that reads artifacts already exported."""
+    given = [param.opts[0] for param in ctx.command.params if param.name in names
+             and ctx.get_parameter_source(param.name) is not click.core.ParameterSource.DEFAULT]
+    if given:
+        raise PrtkInputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for exporting a model's graphs; "
+                             "the artifacts given were exported already")
+
+
 def weights_inputs(checkpoint: str | None, model_config: str | None) -> dict[str, str | None]:
     """The model options that name files, as ``check_output`` inputs."""
     return {"--checkpoint": checkpoint, "--model-config": model_config}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from prtk.cli.base import (PrtkCommand, calibration_options, check_json_destination, check_output, emit_json,
                            force_option, json_option, load_model_from_options, model_options, optimize_option,
-                           pack_layer_option, parse_counts, parse_keeps, weights_inputs)
+                           pack_layer_option, parse_counts, parse_keeps, refuse_export_options, weights_inputs)
 from prtk.cli.render import print_bench_table
 
 
@@ -38,15 +40,20 @@ def build_engine_command(target, precision, batch_profile, workspace, timing_cac
 
 
 @click.command("bench", cls=PrtkCommand)
+@click.argument("artifacts", nargs=-1, metavar="[DIR_OR_FILE]...")
 @model_options
-@click.option("--pack", metavar="FILE", default=None, help="Ranker pack (its predictor and tokens); else --scorer.")
+@click.option("--pack", metavar="FILE", default=None,
+              help="Ranker pack (its predictor and tokens); else --scorer. With artifacts: the pack they were "
+                   "exported from, for the torch backend.")
 @click.option("--no-tokens", is_flag=True, help="With --pack: leave out its learnable tokens.")
 @click.option("--scorer", type=click.Choice(["cls-attention", "fixed-random"]), default="cls-attention",
               show_default=True, help="Without --pack: the baseline scorer.")
 @click.option("--keep", "keeps", default="0.5,0.6,0.7", show_default=True, metavar="R[,R...]", help="Keep ratios.")
 @pack_layer_option
 @click.option("--backend", "backends", default="torch,onnxruntime", show_default=True, metavar="B[,B...]",
-              help="Among torch, onnxruntime, openvino, tensorrt (TensorRT needs a GPU and the tensorrt package).")
+              help="Among torch, onnxruntime, openvino, tensorrt (TensorRT needs a GPU and the tensorrt package). "
+                   "With artifacts: graphs run on the ONNX runtimes their sidecars list, engines on TensorRT, and "
+                   "torch runs the PyTorch module of each fp32 graph.")
 @click.option("--variants", default="fp32", show_default=True, metavar="V[,V...]",
               help="Precision variants among fp32, int8-dynamic, int8-static (as `prtk export --quantize` writes "
                    "them), each timed on every backend that runs it: torch fp32 only, TensorRT fp32 (at --precision) "
@@ -57,27 +64,31 @@ def build_engine_command(target, precision, batch_profile, workspace, timing_cac
 @click.option("--device", default="cpu", show_default=True,
               help="cpu or cuda[:N]; on cuda onnxruntime uses its CUDA provider.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="torch and TensorRT precision (fp16/bf16 on a GPU only).")
+              help="torch precision, and the engines' built for the fp32 variant (fp16/bf16 on a GPU only).")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs per case.")
 @click.option("--iterations", type=int, default=10, show_default=True, help="Timed runs per case, at least.")
 @click.option("--seconds", type=float, default=2.0, show_default=True, help="Timed seconds per case, at least.")
 @json_option("the rows")
 @force_option()
-def bench_command(model_name, pretrained, checkpoint, model_config, random_weights, seed, pack, no_tokens, scorer,
-                  keeps, layer, backends, variants, calib_data, calib_images, calib_method, before_pruning, optimize,
-                  batches, device, precision, warmup, iterations, seconds, json_path, force):
+@click.pass_context
+def bench_command(ctx, artifacts, model_name, pretrained, checkpoint, model_config, random_weights, seed, pack,
+                  no_tokens, scorer, keeps, layer, backends, variants, calib_data, calib_images, calib_method,
+                  before_pruning, optimize, batches, device, precision, warmup, iterations, seconds, json_path, force):
     """The deployment frontier: latency (median, p90, p99), images/s, GFLOPs and speedups per backend, precision
     variant, keep ratio and batch.
 
-    Every contender of a batch (each backend and variant, unpruned and each keep) is timed round-robin in
-    one loop, the order rotated every round. Two speedups per row, each as a ratio of medians and paired
-    (the median of per-round ratios): over the unpruned tower of the same backend and variant (beside the
-    cost-model bound), and over the fastest unpruned deployment of the run (any backend, any variant).
-    Backends are timed through one runner interface: CUDA events on a GPU, wall time on CPU.
+    Given DIR_OR_FILE (export folders as `prtk export` and `prtk build-engine` wrote them, or single .onnx /
+    .engine files of one model), times those artifacts as they are; they must hold the unpruned tower of each
+    variant (export with --full). Without, exports the model's graphs (--keep, --variants, ...) into a temporary
+    folder and times them. Every contender of a batch (each backend and variant, unpruned and each keep) is timed
+    round-robin in one loop, the order rotated every round. Two speedups per row, each as a ratio of medians and
+    paired (the median of per-round ratios): over the unpruned tower of the same backend and variant (beside the
+    cost-model bound), and over the fastest unpruned deployment of the run (any backend, any variant). Backends are
+    timed through one runner interface: CUDA events for torch on a GPU, wall time otherwise.
     """
     from prtk.core.console import progress_bar
     from prtk.core.devices import resolve_device
-    from prtk.engines.benchmark import BenchConfig, Timing, run_bench
+    from prtk.engines.benchmark import BenchConfig, Timing, bench_artifacts, run_bench
 
     config = BenchConfig(keeps=parse_keeps(keeps), pack=pack, tokens=not no_tokens, scorer=scorer, layer=layer,
                          optimize=optimize, backends=tuple(b.strip() for b in backends.split(",")),
@@ -85,12 +96,20 @@ def bench_command(model_name, pretrained, checkpoint, model_config, random_weigh
                          calib_images=calib_images, calib_method=calib_method, before_pruning=before_pruning,
                          batches=parse_counts(batches, "--batch"), device=device, precision=precision, seed=seed,
                          timing=Timing(warmup, iterations, seconds))
-    config.check()
+    if artifacts:
+        refuse_export_options(ctx, ("keeps", "no_tokens", "scorer", "layer", "variants", "calib_data",
+                                    "calib_images", "calib_method", "before_pruning", "optimize"))
+        config.check_timing()
+    else:
+        config.check()
     resolve_device(device)
     check_json_destination(json_path, force, weights_inputs(checkpoint, model_config) | {"--pack": pack})
-    clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
-    with progress_bar(f"bench {clip.name}", unit="batch") as update:
-        result = run_bench(clip, config, progress=update)
+    given = model_name is not None or model_config is not None
+    clip = (load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
+            if given or not artifacts else None)
+    with progress_bar(f"bench {clip.name if clip else Path(artifacts[0]).name}", unit="batch") as update:
+        result = (bench_artifacts(artifacts, config, clip, progress=update) if artifacts
+                  else run_bench(clip, config, progress=update))
     print_bench_table(result, to_stderr=json_path == "-")
     emit_json(result, json_path, force)
 
@@ -119,11 +138,16 @@ def bench_command(model_name, pretrained, checkpoint, model_config, random_weigh
                    "[default: 1e-4 fp32, 1e-2 fp16, 0.2 int8]")
 @click.option("--report", "report_prefix", metavar="PREFIX", default=None,
               help="Write PREFIX.md and PREFIX.json  [default: the artifact's path + .validation]")
-@force_option("Overwrite existing reports.")
+@click.option("--save-results", "results_path", metavar="FILE.json", default=None,
+              help="Also write the tensor comparison's run results (every batch's embedding from the PyTorch "
+                   "reference and the artifact) as Polygraphy JSON (`polygraphy inspect data FILE.json` reads it), "
+                   "and FILE_inputs.py, a data loader of the same batches; the report then gives the `polygraphy "
+                   "run` command that repeats the comparison.")
+@force_option("Overwrite existing reports and results.")
 @click.pass_context
 def validate_command(ctx, artifact, model_name, pretrained, checkpoint, model_config, random_weights, seed,
                      data_root, backend, pack, limit, batch_size, min_agreement, min_cosine, max_accuracy_delta,
-                     max_abs_diff, max_relative_error, report_prefix, force):
+                     max_abs_diff, max_relative_error, report_prefix, results_path, force):
     """Prove an exported .onnx (or .engine) gives its PyTorch reference's answers; exit 0 pass, 1 fail.
 
     The sidecar must be the graph's own description (the one embedded in the ONNX metadata) and agree
@@ -134,7 +158,8 @@ def validate_command(ctx, artifact, model_name, pretrained, checkpoint, model_co
     loaded from the weights the sidecar names (or the model options given, which must match them).
     """
     from prtk.core.console import progress_bar
-    from prtk.engines.validation import Thresholds, check_backend, validate, write_report
+    from prtk.core.errors import PrtkInputError
+    from prtk.engines.validation import Thresholds, check_backend, inputs_script_path, validate, write_report
     from prtk.export.artifact import ArtifactFile
 
     target = ArtifactFile.read(artifact)
@@ -145,12 +170,20 @@ def validate_command(ctx, artifact, model_name, pretrained, checkpoint, model_co
     prefix = report_prefix or f"{target.path}.validation"
     inputs = {**target.inputs, "--pack": pack, **weights_inputs(checkpoint, model_config)}
     markdown_path, json_path = (check_output(f"{prefix}{suffix}", force, inputs) for suffix in (".md", ".json"))
+    if results_path is not None:
+        if not results_path.endswith(".json"):
+            raise PrtkInputError(f"--save-results must name a .json file, got {results_path!r}")
+        outputs = {"report": str(markdown_path), "report JSON": str(json_path)}
+        for path in (results_path, inputs_script_path(results_path)):
+            check_output(str(path), force, inputs | outputs)
     clip = (target.reference_model() if model_name is None and model_config is None
             else load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed))
     with progress_bar(f"validate {target.path.name}") as update:
         report = validate(clip, target, data_root, thresholds, pack, limit, batch_size, progress=update,
-                          backend=backend)
+                          backend=backend, results_path=results_path)
     click.echo(write_report(report, markdown_path, json_path))
     click.echo(f"wrote {markdown_path} and {json_path}", err=True)
+    if results_path is not None:
+        click.echo(f"wrote {results_path} and {inputs_script_path(results_path)}", err=True)
     if not report.passed:
         ctx.exit(1)

@@ -2,8 +2,9 @@
 
 rank a subset (similarity score) -> train the predictor and tokens -> export keep ratios (+ the full tower), in
 fp32 and int8-static (calibrated on the ranked images) -> build TensorRT engines where TensorRT and a GPU are
-present -> validate every export -> zero-shot accuracy per method -> benchmark torch and ONNX Runtime (fp32 and
-int8) -> summary (Markdown, JSON) and three PNG plots.
+present (one timing cache) -> validate every export and engine -> zero-shot accuracy per method -> benchmark those
+same files on torch, ONNX Runtime (fp32 and int8) and TensorRT where built -> summary (Markdown, JSON) and three
+PNG plots.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prtk import __version__
 from prtk.pruning.spec import TowerSpec, build_tower
 from prtk.core.files import write_bytes_atomic, write_json_atomic
 from prtk.core.errors import PrtkInputError
+from prtk.export.artifact import ArtifactFile
 from prtk.models import LoadedClip
 from prtk.predictor.pack import RankerPack
 from prtk.pruning.tower import check_keeps
@@ -77,9 +79,10 @@ def run_quickstart(clip: LoadedClip, out_dir: str | Path, config: QuickstartConf
     sample, _ = load_check_images(clip.preprocess, clip.spec.image_size, eval_dir, 8)  # [8,3,H,W]
     records = _export(clip, out, config, pack_path, rank_dir, sample, say, progress)
     engines = _engines(records, say)
-    validations = _validate(clip, records, pack_path, eval_dir, config, say, progress)
+    artifacts = [record.path for record in records] + engines
+    validations = _validate(clip, artifacts, pack_path, eval_dir, config, say, progress)
     accuracy, unpruned = _accuracy(clip, pack_path, pack, eval_dir, config, say, progress)
-    bench = _bench(clip, pack_path, rank_dir, config, say, progress)
+    bench = _bench(clip, artifacts, pack_path, config, progress)
     summary = _summary(clip, config, records, validations, accuracy, unpruned, bench, engines, pack_path, pack)
     _plots(clip, out, config, summary, pack, sample)
     summary["seconds"] = round(time.perf_counter() - started, 1)
@@ -151,42 +154,52 @@ def _export(clip, out: Path, config: QuickstartConfig, pack: Path, rank_dir: Pat
     return records
 
 
-def _engines(records, say: Say) -> list[str]:
-    from prtk.engines.tensorrt_build import EngineConfig, build_engine, require_tensorrt
+def _engines(records, say: Say) -> list[Path]:
+    """TensorRT engines of every export (fp16; int8 from the int8-static graphs), one timing cache for all."""
+    from prtk.engines.tensorrt_adapter import require_tensorrt
+    from prtk.engines.tensorrt_build import EngineConfig, build_engines
 
     try:
         require_tensorrt()
     except PrtkInputError as reason:
         say(f"engines: skipped ({reason})")
         return []
-    built = [build_engine(record.path, EngineConfig("int8" if record.meta["quantization"] else "fp16")).name
-             for record in records]
-    say(f"engines: built {', '.join(built)}")
+    cache = str(records[0].path.parent / "timing.cache")
+    built = []
+    for precision in ("fp16", "int8"):
+        sources = [r.path for r in records if bool(r.meta["quantization"]) == (precision == "int8")]
+        built += build_engines(sources, EngineConfig(precision, timing_cache=cache))
+    say(f"engines: built {', '.join(path.name for path in built)}")
     return built
 
 
-def _validate(clip, records, pack: Path, eval_dir: Path, config: QuickstartConfig, say: Say, progress) -> dict:
+def _validate(clip, artifacts: list[Path], pack: Path, eval_dir: Path, config: QuickstartConfig, say: Say,
+              progress) -> dict:
+    """Every export and engine against its references; keyed by (``_artifact_label``, keep)."""
     from prtk.engines.validation import Thresholds, validate, write_report
-    from prtk.export.artifact import ArtifactFile
 
-    folder = Path(records[0].path).parent.parent / "validation"
+    folder = artifacts[0].parent.parent / "validation"
     results = {}
-    with progress("4/6 validate", "graph") as update:
-        for done, record in enumerate(records):
-            artifact = ArtifactFile.read(record.path)
+    with progress("4/6 validate", "file") as update:
+        for done, path in enumerate(artifacts):
+            artifact = ArtifactFile.read(path)
             report = validate(clip, artifact, eval_dir, Thresholds.for_precision(artifact.precision),
                               str(pack), limit=config.eval_images)
-            write_report(report, folder / f"{record.path.stem}.md", folder / f"{record.path.stem}.json")
-            keep = record.meta["pruning"]["keep"] if record.meta["pruning"] else None
-            results[(_variant(record.meta), keep)] = report
-            update(done + 1, len(records))
+            write_report(report, folder / f"{path.stem}.md", folder / f"{path.stem}.json")
+            keep = artifact.sidecar["pruning"]["keep"] if artifact.sidecar["pruning"] else None
+            results[(_artifact_label(artifact), keep)] = report
+            update(done + 1, len(artifacts))
     say("validate: " + ", ".join(f"{v} {'full' if k is None else k}: {'pass' if r.passed else 'FAIL'}"
                                  for (v, k), r in results.items()))
     return results
 
 
-def _variant(sidecar: dict) -> str:
-    return sidecar["quantization"]["mode"] if sidecar.get("quantization") else sidecar["precision"]
+def _artifact_label(artifact: ArtifactFile) -> str:
+    """An ONNX graph's variant (``fp32``, ``int8-static``), ``tensorrt <variant>`` for an engine."""
+    from prtk.engines.benchmark import artifact_variant
+
+    variant = artifact_variant(artifact)
+    return f"tensorrt {variant}" if artifact.path.suffix == ".engine" else variant
 
 
 def _accuracy(clip, pack: Path, trained: RankerPack, eval_dir: Path, config: QuickstartConfig, say: Say, progress):
@@ -210,14 +223,16 @@ def _accuracy(clip, pack: Path, trained: RankerPack, eval_dir: Path, config: Qui
     return accuracy, unpruned
 
 
-def _bench(clip, pack: Path, rank_dir: Path, config: QuickstartConfig, say: Say, progress):
-    from prtk.engines.benchmark import BenchConfig, Timing, run_bench
+def _bench(clip, artifacts: list[Path], pack: Path, config: QuickstartConfig, progress):
+    """The exported graphs and engines as validated: torch and ONNX Runtime on the CPU, TensorRT where engines were
+    built."""
+    from prtk.engines.benchmark import BenchConfig, Timing, bench_artifacts
 
-    bench = BenchConfig(keeps=config.keeps, pack=str(pack), backends=("torch", "onnxruntime"),
-                        variants=("fp32", INT8_VARIANT), calib_data=str(rank_dir), batches=config.batches,
-                        seed=config.seed, timing=Timing(2, 10, 1.0))
+    engines = any(path.suffix == ".engine" for path in artifacts)
+    bench = BenchConfig(pack=str(pack), backends=("torch", "onnxruntime", *(("tensorrt",) if engines else ())),
+                        batches=config.batches, seed=config.seed, timing=Timing(2, 10, 1.0))
     with progress("6/6 bench", "batch") as update:
-        return run_bench(clip, bench, progress=update)
+        return bench_artifacts(artifacts, bench, clip, progress=update)
 
 
 def _summary(clip, config, records, validations, accuracy, unpruned, bench, engines, pack: Path,
@@ -242,10 +257,11 @@ def _summary(clip, config, records, validations, accuracy, unpruned, bench, engi
                                                                           for k in config.keeps}},
         "exports": [{"file": r.path.name, "keep": r.meta["pruning"]["keep"] if r.meta["pruning"] else None,
                      "gflops": r.meta["gflops"], "checks_passed": r.passed} for r in records],
-        "engines": engines,
-        "validation": {variant: {("full" if k is None else f"{k:g}"): {
+        "engines": [path.name for path in engines],
+        "validation": {label: {("full" if k is None else f"{k:g}"): {
             "passed": report.passed, "agreement": report.agreement, "top1": report.top1, "cosine": report.cosine}
-            for (v, k), report in validations.items() if v == variant} for variant in ("fp32", INT8_VARIANT)},
+            for (v, k), report in validations.items() if v == label}
+            for label in dict.fromkeys(label for label, _ in validations)},
         "speedup_batch": largest,
         "speedup": {backend: {f"{k:g}": v for k, v in points.items()} for backend, points in speedup.items()},
         "fastest_unpruned": bench.fastest_unpruned[largest],
