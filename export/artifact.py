@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 
 from prtk import __version__
 from prtk.core.errors import PrtkInputError
@@ -47,6 +48,7 @@ SIDECAR_SCHEMA: dict[str, tuple] = {
 PRUNING_SCHEMA = {"scorer": (str,), "layer": (int,), "keep": NUMBER, "keep_count": (int,),
                   "num_learnable_tokens": (int,), "seed": (int, type(None))}
 OPTIONAL_SCHEMA = {"optimize": (str,), "runtimes": (list,), "graph": (dict,), "quantization": (dict, type(None))}
+STAGE_SCHEMA = {"block": (int,), "keep": NUMBER, "keep_count": (int,), "scorer": (str,)}  # pruning.later_stages[i]
 OUTPUT_SCHEMA = {"name": (str,), "shape": (list,), "dtype": (str,)}
 NOT_EMBEDDED = ("files", "checks", "tensorrt")  # added to the sidecar after the graph's description was embedded
 
@@ -58,6 +60,11 @@ def check_sidecar_schema(sidecar: object, where: str | Path) -> dict:
     _check_keys(sidecar, SIDECAR_SCHEMA, where, "")
     if sidecar["pruning"] is not None:
         _check_keys(sidecar["pruning"], PRUNING_SCHEMA, where, "pruning.")
+        stages = sidecar["pruning"].get("later_stages", [])  # absent in one-stage exports
+        if not isinstance(stages, list) or not all(isinstance(stage, dict) for stage in stages):
+            raise PrtkInputError(f"sidecar {where}: pruning.later_stages must be a list of objects")
+        for index, stage in enumerate(stages):
+            _check_keys(stage, STAGE_SCHEMA, where, f"pruning.later_stages[{index}].")
     for index, output in enumerate(sidecar["outputs"]):
         if not isinstance(output, dict):
             raise PrtkInputError(f"sidecar {where}: outputs[{index}] must be an object")
@@ -137,8 +144,6 @@ def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack
     spec = clip.spec
     tower = module.tower
     pruned = isinstance(tower, PrunedVisionTower)
-    tokens = tower.num_learnable_tokens if pruned else 0
-    layer = tower.layer if pruned else None
     preprocess = clip.preprocess_config
     outputs = [{"name": "embedding", "shape": [BATCH, spec.output_dim], "dtype": "float32",
                 "l2_normalized": config.normalize}]
@@ -146,7 +151,7 @@ def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack
         outputs.append({"name": "logits", "shape": [BATCH, len(config.classes)], "dtype": "float32",
                         "classes": list(config.classes), "logit_scale": module.logit_scale})
     if module.kept_indices:
-        outputs.append({"name": "kept_indices", "shape": [BATCH, tower.keep_count], "dtype": "int64",
+        outputs.append({"name": "kept_indices", "shape": [BATCH, tower.kept_count], "dtype": "int64",
                         "meaning": "kept patch indices, row-major over the patch grid, CLS excluded, ascending"})
     return {
         "format": FORMAT,
@@ -154,12 +159,7 @@ def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack
         "model": clip.name,
         "weights": clip.weights | {"sha256": clip.weights_sha256},
         "architecture": spec.as_dict(),
-        "pruning": None if not pruned else {
-            "scorer": "predictor" if pack is not None else config.scorer,
-            "seed": config.seed if config.scorer == "fixed-random" and pack is None else None,
-            "layer": layer, "keep": keep, "keep_count": tower.keep_count, "num_learnable_tokens": tokens,
-            "block_cost_ratio": block_cost_ratio(spec, keep, layer, tokens),
-        },
+        "pruning": _pruning_facts(spec, config, tower, pack, keep) if pruned else None,
         "pack": None if pack is None else {"sha256": file_sha256(config.pack), "ranking": pack.meta.get("ranking"),
                                            "training_data": pack.meta.get("training_data")},
         "gflops": tower_gflops(spec, tower, pack is not None),
@@ -182,12 +182,32 @@ def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack
     }
 
 
+def _pruning_facts(spec, config: ExportConfig, tower: PrunedVisionTower, pack, keep: float) -> dict:
+    """The sidecar's ``pruning``: scorer, layer, keep and k of the first stage, learnable tokens, the cost model's
+    block ratio; ``fuse_dropped`` and ``later_stages`` only where the tower has them (one-stage sidecars stay as
+    they were)."""
+    tokens = tower.num_learnable_tokens
+    facts = {"scorer": "predictor" if pack is not None else config.scorer,
+             "seed": config.seed if config.scorer == "fixed-random" and pack is None else None,
+             "layer": tower.layer, "keep": keep, "keep_count": tower.keep_count, "num_learnable_tokens": tokens,
+             "block_cost_ratio": block_cost_ratio(spec, keep, tower.layer, tokens, tower.fuse_dropped,
+                                                  tower.later_stages)}
+    if tower.fuse_dropped:
+        facts["fuse_dropped"] = True
+    if tower.later_stages:
+        facts["later_stages"] = [{"block": block, "keep": stage_keep, "keep_count": count,
+                                  "scorer": tower.stage_scorer.name}
+                                 for (block, stage_keep), count in zip(tower.later_stages, tower.stage_counts[1:])]
+    return facts
+
+
 def tower_gflops(spec, tower, with_predictor: bool) -> float:
     """GFLOPs per image of ``tower`` (a ``PrunedVisionTower`` or the unpruned visual), by the cost model, with the
     pack's predictor where it scores the patches."""
     if not isinstance(tower, PrunedVisionTower):
         return gflops(vision_macs(spec))
-    macs = vision_macs(spec, tower.keep, tower.layer, tower.num_learnable_tokens)
+    macs = vision_macs(spec, tower.keep, tower.layer, tower.num_learnable_tokens, tower.fuse_dropped,
+                       tower.later_stages)
     if with_predictor:
         from prtk.predictor.model import predictor_macs
 
@@ -254,8 +274,12 @@ class ArtifactFile:
         pruning = self.sidecar["pruning"]
         if pruning is None:
             return None
+        stages = pruning.get("later_stages", [])
+        later = tuple((stage["block"], stage["keep"]) for stage in stages)
         return TowerSpec(keep=pruning["keep"], scorer=pruning["scorer"], layer=pruning["layer"],
-                         tokens=self.sidecar["export"]["tokens"], seed=pruning["seed"] or 0)
+                         tokens=self.sidecar["export"]["tokens"], seed=pruning["seed"] or 0, later_stages=later,
+                         stage_scorer=stages[0]["scorer"] if stages else "cls-attention",
+                         fuse_dropped=pruning.get("fuse_dropped", False))
 
     def reference(self, clip: LoadedClip, pack_path: str | None) -> DeployedTower:
         """The PyTorch module the graph was exported from, rebuilt over ``clip`` (and the pack at ``pack_path``)
@@ -263,8 +287,20 @@ class ArtifactFile:
         self.check_reference(clip, pack_path)
         spec = self.tower_spec()
         pack = load_pack(pack_path) if pack_path is not None else None
-        tower = clip.visual if spec is None else build_tower(clip, spec, pack)
+        classifier = self.classifier(clip) if spec is not None and spec.needs_language else None
+        tower = clip.visual if spec is None else build_tower(clip, spec, pack, classifier)
         return DeployedTower(tower, normalize=self.sidecar["export"]["normalize"]).eval()
+
+    def classifier(self, clip: LoadedClip) -> torch.Tensor | None:
+        """The zero-shot classifier [C,E] baked into the graph (its ``logits`` output's classes), rebuilt over
+        ``clip``'s text tower; None without one."""
+        from prtk.models.zeroshot import class_embeddings
+
+        logits = next((output for output in self.sidecar["outputs"] if output["name"] == "logits"), None)
+        if logits is None:
+            return None
+        with torch.no_grad():
+            return class_embeddings(clip.model, clip.tokenizer, list(logits["classes"])).clone()
 
     def reference_model(self) -> LoadedClip:
         """The model and weights the artifact was exported from, as its sidecar names them."""

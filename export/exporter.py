@@ -22,7 +22,7 @@ from prtk.core.files import (check_not_an_input, check_writable, commit_together
                             write_json_atomic)
 from prtk.core.errors import PrtkInputError
 from prtk.models import LoadedClip
-from prtk.pruning.spec import EXPORTABLE_BASELINES, TowerSpec, build_tower
+from prtk.pruning.spec import EXPORTABLE_BASELINES, NO_LANGUAGE_SIDE, TowerSpec, build_tower, clip_logit_scale
 from prtk.pruning.tower import PrunedVisionTower, check_keeps
 
 from .artifact import describe
@@ -53,6 +53,9 @@ class ExportConfig:
     pack: str | None = None
     scorer: str = "cls-attention"  # baseline without a pack: cls-attention or fixed-random
     layer: int | None = None  # baselines only; a pack has its own
+    later_stages: tuple[tuple[int, float], ...] = ()  # (block, keep) stages after the first
+    stage_scorer: str = "cls-attention"  # what ranks the patches at the later stages (or elip)
+    fuse_dropped: bool = False  # one token averaging the dropped patches
     tokens: bool = True  # the pack's learnable tokens
     full: bool = False  # also export the unpruned tower
     normalize: bool = True
@@ -93,10 +96,15 @@ class ExportConfig:
         if self.pack is None and self.scorer not in EXPORTABLE_BASELINES:
             raise PrtkInputError(f"scorer must be one of {', '.join(EXPORTABLE_BASELINES)} without --pack, "
                                  f"got {self.scorer!r}")
+        spec = self.tower_spec(self.keeps[0])
+        spec.check()
+        if spec.needs_language and not self.classes:
+            raise PrtkInputError(NO_LANGUAGE_SIDE)
 
     def tower_spec(self, keep: float) -> TowerSpec:
         """The pruned tower exported at ``keep``."""
         return TowerSpec(keep=keep, scorer="predictor" if self.pack is not None else self.scorer, layer=self.layer,
+                         later_stages=self.later_stages, stage_scorer=self.stage_scorer, fuse_dropped=self.fuse_dropped,
                          tokens=self.tokens, seed=self.seed)
 
     @property
@@ -151,10 +159,12 @@ class ExportRecord:
         return self.meta | {"path": str(self.path)}
 
 
-def export_name(model: str, keep: float | None, variant: str) -> str:
-    """``<model>_keep0.60`` (``<model>_full`` for the unpruned tower), ``_<variant>`` appended unless fp32
-    (``_fp16``, ``_int8-dynamic``, ``_int8-static``)."""
-    stem = f"{model}_full" if keep is None else f"{model}_keep{keep:.2f}"
+def export_name(model: str, keep: float | None, variant: str, later_stages: tuple[tuple[int, float], ...] = ()) -> str:
+    """``<model>_keep0.60`` (``<model>_full`` for the unpruned tower), ``_b<block>k<keep>`` per later stage
+    (``_keep0.70_b4k0.70_b5k0.70``), ``_<variant>`` appended unless fp32 (``_fp16``, ``_int8-dynamic``,
+    ``_int8-static``)."""
+    stem = f"{model}_full" if keep is None else f"{model}_keep{keep:.2f}" + "".join(
+        f"_b{block}k{stage_keep:.2f}" for block, stage_keep in later_stages)
     return stem + ("" if variant == "fp32" else f"_{variant}")
 
 
@@ -187,7 +197,7 @@ def check_export_outputs(model: str, config: ExportConfig, out_dir: str | Path, 
     finish_commits(out_dir)
     targets: list[float | None] = [*config.keeps, *([None] if config.full else [])]
     for keep in targets:
-        stem = export_name(model, keep, config.variant)
+        stem = export_name(model, keep, config.variant, config.later_stages)
         for suffix in (".onnx", ".onnx.data", ".json"):
             check_not_an_input(out_dir / f"{stem}{suffix}", inputs or {})
         for suffix in (".onnx", ".json"):
@@ -198,8 +208,8 @@ def check_export_outputs(model: str, config: ExportConfig, out_dir: str | Path, 
 def deployed_tower(clip: LoadedClip, config: ExportConfig, pack, keep: float | None,
                    classifier: torch.Tensor | None = None) -> DeployedTower:
     """The module exported for ``keep`` (None: the unpruned tower), as ``config`` and ``pack`` describe it."""
-    tower = clip.visual if keep is None else build_tower(clip, config.tower_spec(keep), pack)
-    return DeployedTower(tower, config.normalize, classifier, _logit_scale(clip), config.kept_indices).eval()
+    tower = clip.visual if keep is None else build_tower(clip, config.tower_spec(keep), pack, classifier)
+    return DeployedTower(tower, config.normalize, classifier, clip_logit_scale(clip), config.kept_indices).eval()
 
 
 def load_export_pack(clip: LoadedClip, config: ExportConfig):
@@ -219,11 +229,6 @@ def _classifier(clip: LoadedClip, classes: tuple[str, ...]) -> torch.Tensor | No
     if not classes:
         return None
     return class_embeddings(clip.model, clip.tokenizer, list(classes)).clone()
-
-
-def _logit_scale(clip: LoadedClip) -> float:
-    scale = getattr(clip.model, "logit_scale", None)
-    return float(scale.detach().exp()) if scale is not None else 100.0
 
 
 def _export_one(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack, keep: float | None,
@@ -247,7 +252,7 @@ def _export_one(clip: LoadedClip, config: ExportConfig, module: DeployedTower, p
         model, quantization = quantize_graph(model, config.quantization, calibration, float_blocks)
     meta = describe(clip, config, module, pack, keep, graph_structure(model), quantization)
     annotate(model, {"prtk": json.dumps(meta, sort_keys=True)}, __version__)
-    stem = export_name(clip.name, keep, config.variant)
+    stem = export_name(clip.name, keep, config.variant, config.later_stages)
     readiness = (check_tensorrt_readiness(model)  # before saving moves weights out
                  if config.check and "tensorrt" in config.runtimes else None)
     staging = out_dir / f".{stem}.staging"

@@ -74,3 +74,28 @@ def test_existing_json_report_is_not_overwritten(run_cli, shapes_dir, tmp_path):
     report.write_text("{}")
     assert_one_line_error(run_cli(*eval_args(shapes_dir, "--json", report)), f"output exists: {report}", "--force")
     assert report.read_text() == "{}"
+
+
+@pytest.mark.parametrize("stages, message", [
+    ("2:0.7,2:0.5", "stage block 2 appears twice"),
+    ("4:0.7,2:0.7", "stage blocks must ascend"),
+    ("2:0.7,4:1.5", "keep ratio must be in (0, 1], got 1.5"),
+    ("2:0.7,6:0.7", "stage block 6 is outside [1, 5] for a 6-block ViT"),
+    ("2:0.7,x", "--stages must be BLOCK:KEEP"),
+])
+def test_bad_stage_schedules(run_cli, shapes_dir, stages, message):
+    assert_one_line_error(run_cli(*eval_args(shapes_dir, "--stages", stages)), message)
+
+
+def test_stages_replace_keep_and_layer(run_cli, shapes_dir, tmp_path):
+    assert_one_line_error(run_cli(*eval_args(shapes_dir, "--stages", "2:0.7,4:0.7", "--keep", "0.5")),
+                          "--stages replaces --keep")
+    report = tmp_path / "staged.json"
+    result = run_cli(*eval_args(shapes_dir, "--stages", "2:0.7,4:0.5", "--json", report))
+    assert result.exit_code == 0, result.output
+    import json
+
+    pruning = json.loads(report.read_text())["pruning"]
+    assert (pruning["layer"], pruning["keep"], pruning["keep_count"]) == (2, 0.7, 45)
+    assert pruning["later_stages"] == [{"block": 4, "keep": 0.5, "keep_count": 23, "scorer": "cls-attention"}]
+    assert "0.7 > 0.5" in result.output

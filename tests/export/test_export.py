@@ -13,6 +13,7 @@ import torch
 from onnx import TensorProto, helper
 
 from conftest import assert_one_line_error, seeded_pack
+from prtk.pruning.cost import block_cost_ratio
 from prtk.pruning.spec import TowerSpec, build_tower
 from prtk.export.checks import Tolerance, check_runtime, load_check_images
 from prtk.export.deployed import DeployedTower
@@ -97,6 +98,49 @@ def test_baseline_exports_and_external_data(run_cli, tmp_path):
     types = {init.data_type for init in model.graph.initializer if init.dims and np.prod(init.dims) > 1000}
     assert types == {TensorProto.FLOAT16}
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+
+
+def test_a_staged_export_is_checked_described_and_validated(run_cli, shapes_pack, shapes_dir, tmp_path):
+    result = run_cli("export", "--model", SHAPES, "--pack", shapes_pack, "--stages", "3:0.6,4:0.5,5:0.5",
+                     "--out", tmp_path, "--json", tmp_path / "exports.json")
+    assert result.exit_code == 0, result.output
+    graph = tmp_path / f"{SHAPES}_keep0.60_b4k0.50_b5k0.50.onnx"
+    sidecar = json.loads(graph.with_suffix(".json").read_text())
+    pruning = sidecar["pruning"]
+    assert (pruning["layer"], pruning["keep"], pruning["keep_count"], pruning["scorer"]) == (3, 0.6, 38, "predictor")
+    assert pruning["later_stages"] == [{"block": 4, "keep": 0.5, "keep_count": 19, "scorer": "cls-attention"},
+                                       {"block": 5, "keep": 0.5, "keep_count": 10, "scorer": "cls-attention"}]
+    assert sidecar["outputs"][-1]["shape"] == ["batch", 10]
+    spec, tokens = load_clip(SHAPES).spec, pruning["num_learnable_tokens"]
+    assert pruning["block_cost_ratio"] == block_cost_ratio(spec, 0.6, 3, tokens, later_stages=((4, 0.5), (5, 0.5)))
+    assert pruning["block_cost_ratio"] < block_cost_ratio(spec, 0.6, 3, tokens)
+    assert all(check["passed"] for check in json.loads((tmp_path / "exports.json").read_text())["exports"][0]["checks"])
+    result = run_cli("validate", graph, "--data", shapes_dir, "--pack", shapes_pack)
+    assert result.exit_code == 0, result.output
+    report = json.loads(graph.with_name(graph.name + ".validation.json").read_text())
+    assert report["agreement"] == 100.0 and report["kept_overlap"]["identical"] == 100.0
+    assert_one_line_error(run_cli("export", "--model", SHAPES, "--stages", "3:0.6,5:0.5", "--keep", "0.5", "--out",
+                                  tmp_path), "--stages replaces --keep")
+    assert_one_line_error(run_cli("export", "--model", SHAPES, "--pack", shapes_pack, "--stages", "2:0.6,5:0.5",
+                                  "--out", tmp_path), "--layer 2 differs from the pack's layer 3")
+
+
+def test_a_three_stage_elip_export_bakes_its_language_side(run_cli, shapes_dir, tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(path.name.replace("_", " ") for path in sorted(shapes_dir.iterdir())) + "\n")
+    elip = ["export", "--model", SHAPES, "--scorer", "elip", "--stages", "2:0.7,3:0.7,4:0.7", "--stage-scorer",
+            "elip", "--fuse-dropped", "--out", tmp_path]
+    assert_one_line_error(run_cli(*elip), "the elip scorer needs a language side", "--classes FILE")
+    result = run_cli(*elip, "--classes", classes)
+    assert result.exit_code == 0, result.output
+    graph = tmp_path / f"{SHAPES}_keep0.70_b3k0.70_b4k0.70.onnx"
+    pruning = json.loads(graph.with_suffix(".json").read_text())["pruning"]
+    assert pruning["scorer"] == "elip" and pruning["fuse_dropped"] is True
+    assert [stage["scorer"] for stage in pruning["later_stages"]] == ["elip", "elip"]
+    result = run_cli("validate", graph, "--data", shapes_dir)
+    assert result.exit_code == 0, result.output
+    report = json.loads(graph.with_name(graph.name + ".validation.json").read_text())
+    assert report["agreement"] == 100.0 and report["kept_overlap"]["identical"] == 100.0
 
 
 def test_runtime_check_fails_for_a_graph_that_is_not_its_reference(tmp_path):

@@ -32,3 +32,14 @@ def test_pruned_ratio_follows_the_design_formula():
 def test_pruned_tower_cost_is_less_and_grows_with_keep():
     costs = [vision_macs(VIT_B16, keep, 3) for keep in (0.3, 0.5, 0.7, 1.0)]
     assert costs == sorted(costs) and costs[-1] == pytest.approx(vision_macs(VIT_B16))
+
+
+def test_stages_cost_each_segment_at_its_token_count():
+    cost = lambda n: 12 * n * 768 ** 2 + 2 * n ** 2 * 768  # noqa: E731
+    k = [137, 96, 67]  # 0.7 of 196 (137.2), of 137 (95.9), of 96 (67.2)
+    expected = (3 * cost(197) + 3 * cost(1 + k[0]) + 3 * cost(1 + k[1]) + 3 * cost(1 + k[2])) / (12 * cost(197))
+    stages = ((6, 0.7), (9, 0.7))
+    assert block_cost_ratio(VIT_B16, 0.7, 3, later_stages=stages) == pytest.approx(expected, rel=1e-12)
+    assert block_cost_ratio(VIT_B16, 0.7, 3, later_stages=((6, 1.0),)) == block_cost_ratio(VIT_B16, 0.7, 3)
+    with_fused = (3 * cost(197) + 3 * cost(2 + k[0]) + 3 * cost(2 + k[1]) + 3 * cost(2 + k[2])) / (12 * cost(197))
+    assert block_cost_ratio(VIT_B16, 0.7, 3, fused=True, later_stages=stages) == pytest.approx(with_fused, rel=1e-12)

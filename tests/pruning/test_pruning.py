@@ -6,7 +6,7 @@ import torch
 from prtk.core.errors import PrtkInputError
 from prtk.models import load_clip
 from prtk.pruning.tower import PrunedVisionTower, keep_count
-from prtk.pruning.scorers import ClsAttentionScorer, IndexScorer, RandomScorer
+from prtk.pruning.scorers import ClsAttentionScorer, IndexScorer, RandomScorer, ScorerInput
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +140,50 @@ def test_batch_is_dynamic_under_torch_export(tiny):
 def test_layer_outside_range_is_refused(tiny, layer):
     with pytest.raises(PrtkInputError, match=r"layer must be in \[1, 5\]"):
         PrunedVisionTower(tiny.visual, 0.5, layer)
+
+
+def test_a_later_stage_keeps_the_patches_cls_attends_to_most(tiny):
+    images = images_for(tiny, batch=4)
+    one = PrunedVisionTower(tiny.visual, 0.5, 2)
+    unchanged = PrunedVisionTower(tiny.visual, 0.5, 2, later_stages=((4, 1.0),))
+    two = PrunedVisionTower(tiny.visual, 0.5, 2, later_stages=((3, 0.5),))
+    three = PrunedVisionTower(tiny.visual, 0.5, 2, later_stages=((3, 0.5), (5, 0.5)))
+    with torch.inference_mode():
+        embedding, first = one(images, return_indices=True)
+        same, same_kept = unchanged(images, return_indices=True)
+        _, second = two(images, return_indices=True)
+        final, last = three(images, return_indices=True)
+        entering = one.select(one.prefix(images).tokens, first)  # [B, 1+32, D] entering block 2
+        after = one._run_blocks(entering, 2, 3)
+        scores = ClsAttentionScorer()(ScorerInput(after, entering, tiny.visual.transformer.resblocks[2]))
+        expected = first.gather(1, scores.topk(16, dim=1).indices.sort(dim=1).values)
+    torch.testing.assert_close(same, embedding, atol=1e-6, rtol=0)
+    assert torch.equal(same_kept, first)
+    assert torch.equal(second, expected)
+    assert three.stage_counts == (32, 16, 8) and three.kept_count == 8 and last.shape == (4, 8)
+    assert torch.all(last[:, 1:] > last[:, :-1])
+    assert all(set(row.tolist()) <= set(kept.tolist()) for row, kept in zip(last, second))
+    assert final.shape == embedding.shape and not torch.allclose(final, embedding, atol=1e-4)
+
+
+def test_stages_keep_the_fused_and_learnable_tokens(tiny):
+    images = images_for(tiny)
+    tower = PrunedVisionTower(tiny.visual, 0.5, 2, fuse_dropped=True, num_learnable_tokens=2,
+                              later_stages=((4, 0.5),))
+    plain = PrunedVisionTower(tiny.visual, 0.5, 2, num_learnable_tokens=2, later_stages=((4, 0.5),))
+    with torch.no_grad():
+        for module in (tower, plain):
+            module.learnable_tokens.normal_(generator=torch.Generator().manual_seed(0))
+        fused, plain_embedding = tower(images), plain(images)
+    assert fused.shape == (3, tiny.spec.output_dim) and not torch.allclose(fused, plain_embedding, atol=1e-4)
+
+
+@pytest.mark.parametrize("stages, message", [
+    (((6, 0.5),), r"stage block 6 is outside \[1, 5\]"),
+    (((2, 0.5),), "stage block 2 appears twice"),
+    (((1, 0.5),), "stage blocks must ascend: block 1 comes after block 2"),
+    (((4, 1.5),), r"keep ratio must be in \(0, 1\], got 1.5"),
+])
+def test_bad_stages_are_refused(tiny, stages, message):
+    with pytest.raises(PrtkInputError, match=message):
+        PrunedVisionTower(tiny.visual, 0.5, 2, later_stages=stages)

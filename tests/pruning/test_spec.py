@@ -73,3 +73,50 @@ def test_blocks_prtk_cannot_wrap_are_refused_in_one_line(tiny):
     del clip.model.visual.transformer.resblocks[2].ls_1
     with pytest.raises(PrtkInputError, match=r"unsupported transformer block 2 \(ResidualAttentionBlock, lacks ls_1\)"):
         build_tower(clip, TowerSpec(keep=0.5))
+
+
+def test_stage_schedules_parse_and_bad_ones_are_refused():
+    from prtk.core.errors import PrtkInputError
+    from prtk.pruning.spec import parse_stages
+
+    assert parse_stages("3:0.7,6:0.7,9:0.7") == (3, 0.7, ((6, 0.7), (9, 0.7)))
+    assert parse_stages("2:0.5") == (2, 0.5, ())
+    for text, message in (("3:0.7,3:0.5", "stage block 3 appears twice"),
+                          ("6:0.7,3:0.7", "stage blocks must ascend: block 3 comes after block 6"),
+                          ("3:0.7,6:0", "keep ratio must be in (0, 1], got 0.0"),
+                          ("3:1.2", "keep ratio must be in (0, 1], got 1.2"),
+                          ("3-0.7", "--stages must be BLOCK:KEEP"), ("3:0.7,", "--stages must be BLOCK:KEEP")):
+        with pytest.raises(PrtkInputError) as error:
+            parse_stages(text)
+        assert message in str(error.value)
+
+
+def test_elip_ranks_by_the_cls_mixed_with_the_predicted_class_text():
+    from prtk.core.errors import PrtkInputError
+    from prtk.models.zeroshot import class_embeddings
+    from prtk.pruning.scorers import LanguageGuidedScorer, cls_attention
+
+    clip = load_clip("prtk-testbed-shapes")
+    classifier = class_embeddings(clip.model, clip.tokenizer, ["red circle", "blue square", "green triangle"])
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    staged = TowerSpec(0.6, "elip", 2, later_stages=((4, 0.5),), stage_scorer="elip", fuse_dropped=True)
+    tower = build_tower(clip, staged, None, classifier)
+    assert isinstance(tower.scorer, LanguageGuidedScorer) and tower.stage_scorer is tower.scorer
+    with torch.inference_mode():
+        inputs = tower.prefix(images)
+        scores = tower.scorer(inputs)
+        visual = clip.visual
+        estimate = torch.nn.functional.normalize(visual._pool(inputs.tokens)[0] @ visual.proj, dim=-1)
+        text = ((clip.model.logit_scale.exp() * estimate @ classifier.T).softmax(-1) @ classifier) @ visual.proj.T
+        cls = inputs.previous_tokens[:, 0]
+        query = 0.8 * cls + 0.2 * text * cls.norm(dim=-1, keepdim=True) / text.norm(dim=-1, keepdim=True)
+        expected = cls_attention(inputs.previous_block, torch.cat([query[:, None], inputs.previous_tokens[:, 1:]], 1))
+        plain = cls_attention(inputs.previous_block, inputs.previous_tokens)
+        embedding, kept = tower(images, return_indices=True)
+    torch.testing.assert_close(scores, expected)
+    assert not torch.allclose(scores, plain) and kept.shape == (2, 19) and embedding.shape == (2, 128)
+    assert tower.scorer.name == "elip"
+    for spec in (TowerSpec(0.6, "elip"), TowerSpec(0.6, later_stages=((4, 0.5),), stage_scorer="elip")):
+        with pytest.raises(PrtkInputError, match="the elip scorer needs a language side"):
+            build_tower(clip, spec)
+    assert build_tower(clip, TowerSpec(0.6, stage_scorer="elip")).stage_scorer.name == "cls-attention"

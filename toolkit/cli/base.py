@@ -108,13 +108,49 @@ def check_json_destination(destination: str | None, force: bool, inputs: dict[st
         check_output(destination, force, inputs or {})
 
 
+stages_option = click.option(
+    "--stages", metavar="B:KEEP[,B:KEEP...]", default=None,
+    help="Prune in stages, e.g. 3:0.7,6:0.7,9:0.7: the first stage (its block and keep, instead of --layer and "
+         "--keep) uses the scorer; each later one keeps KEEP of the patches entering block B, ranked by "
+         "--stage-scorer in block B-1. Blocks ascend within [1, L-1].")
+
+
+stage_scorer_option = click.option(
+    "--stage-scorer", type=click.Choice(["cls-attention", "elip"]), default="cls-attention", show_default=True,
+    help="What ranks the patches at the later --stages: the CLS token's attention (EViT), or ELIP's language-guided "
+         "query (the CLS mixed with the zero-shot head's class embeddings weighted by the current prediction).")
+
+
+def stage_schedule(ctx: click.Context, stages: str | None, layer: int | None, keep):
+    """``(layer, keep, later_stages)`` from ``--stages`` (refusing ``--keep`` / ``--layer`` beside it), else the
+    options as given with no later stage."""
+    from prtk.pruning.spec import parse_stages
+
+    if stages is None:
+        return layer, keep, ()
+    refuse_with(ctx, "--stages", ("keep", "keeps", "layer"), "give the first stage as its first BLOCK:KEEP")
+    return parse_stages(stages)
+
+
+def given_options(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
+    """The options among ``names`` (parameter names) that the command line set, by their flags."""
+    return [param.opts[0] for param in ctx.command.params if param.name in names
+            and ctx.get_parameter_source(param.name) is not click.core.ParameterSource.DEFAULT]
+
+
 def refuse_export_options(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Refuse, in one line, export options given to a command that reads artifacts already exported."""
-    given = [param.opts[0] for param in ctx.command.params if param.name in names
-             and ctx.get_parameter_source(param.name) is not click.core.ParameterSource.DEFAULT]
+    given = given_options(ctx, names)
     if given:
         raise PrtkInputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for exporting a model's graphs; "
                              "the artifacts given were exported already")
+
+
+def refuse_with(ctx: click.Context, option: str, names: tuple[str, ...], hint: str) -> None:
+    """Refuse, in one line, options among ``names`` given together with ``option``, which replaces them."""
+    given = given_options(ctx, names)
+    if given:
+        raise PrtkInputError(f"{option} replaces {' and '.join(given)}: {hint}")
 
 
 def weights_inputs(checkpoint: str | None, model_config: str | None) -> dict[str, str | None]:

@@ -6,7 +6,7 @@ import click
 
 from prtk.cli.base import (PrtkCommand, calibration_options, check_json_destination, emit_json, force_option,
                            json_option, load_model_from_options, model_options, optimize_option, pack_layer_option,
-                           parse_keeps, weights_inputs)
+                           parse_keeps, stage_schedule, stage_scorer_option, stages_option, weights_inputs)
 from prtk.cli.render import print_export_table
 from prtk.core.files import check_writable_folder
 from prtk.export.quantize import QUANTIZE_MODES
@@ -16,12 +16,15 @@ from prtk.export.quantize import QUANTIZE_MODES
 @model_options
 @click.option("--pack", metavar="FILE", default=None,
               help="Ranker pack from `prtk train`: its predictor scores the patches, its tokens are appended.")
-@click.option("--scorer", type=click.Choice(["cls-attention", "fixed-random"]), default="cls-attention",
+@click.option("--scorer", type=click.Choice(["cls-attention", "fixed-random", "elip"]), default="cls-attention",
               show_default=True, help="Without --pack: the baseline scorer (fixed-random: one seeded random patch "
-                                      "subset for every image, the random baseline a static graph can hold).")
+                                      "subset for every image, the random baseline a static graph can hold; elip: "
+                                      "language-guided by the --classes zero-shot head, baked into the graph).")
 @click.option("--keep", "keeps", default="0.6", show_default=True, metavar="R[,R...]",
               help="Keep ratios; one graph each, with k = max(1, round(R * N)) patches.")
 @pack_layer_option
+@stages_option
+@stage_scorer_option
 @click.option("--out", "out_dir", metavar="DIR", required=True,
               help="Folder for <model>_keep<R>.onnx and its .json sidecar per ratio.")
 @click.option("--full", is_flag=True, help="Also export the unpruned tower (<model>_full.onnx), the reference.")
@@ -30,6 +33,8 @@ from prtk.export.quantize import QUANTIZE_MODES
 @click.option("--no-normalize", is_flag=True, help="Output the raw embedding instead of the L2-normalised one.")
 @click.option("--no-kept-indices", is_flag=True, help="Leave out the 'kept_indices' output [B, k].")
 @click.option("--no-tokens", is_flag=True, help="With --pack: leave out its learnable tokens.")
+@click.option("--fuse-dropped", is_flag=True,
+              help="Add one token merging the dropped patches (EViT, ELIP); later stages fold theirs into it.")
 @click.option("--fp16", is_flag=True, help="fp16 weights and activations; LayerNorm, softmax and I/O stay fp32.")
 @click.option("--quantize", type=click.Choice(QUANTIZE_MODES), default=None,
               help="int8 graph (ONNX Runtime's quantizer; MatMul/Gemm/Conv in int8, the scorer, TopK, LayerNorm, "
@@ -50,9 +55,9 @@ from prtk.export.quantize import QUANTIZE_MODES
 @force_option("Overwrite existing exports.")
 @click.pass_context
 def export_command(ctx, model_name, pretrained, checkpoint, model_config, random_weights, seed, pack, scorer, keeps,
-                   layer, out_dir, full, classes_path, no_normalize, no_kept_indices, no_tokens, fp16, quantize,
-                   calib_data, calib_images, calib_method, before_pruning, optimize, opset, check_data, check_images,
-                   no_check, json_path, force):
+                   layer, stages, stage_scorer, out_dir, full, classes_path, no_normalize, no_kept_indices, no_tokens,
+                   fuse_dropped, fp16, quantize, calib_data, calib_images, calib_method, before_pruning, optimize,
+                   opset, check_data, check_images, no_check, json_path, force):
     """Export static-shape ONNX graphs, one per keep ratio, and check each.
 
     Each graph maps images [batch,3,H,W] to an embedding [batch,E] with the scorer, a constant-K TopK,
@@ -60,6 +65,7 @@ def export_command(ctx, model_name, pretrained, checkpoint, model_config, random
     default) writes every transformer block as 23 standard nodes that TensorRT and ONNX Runtime fuse; O2
     writes ONNX Runtime's fused operators (ONNX Runtime only: build-engine refuses it); O0 traces open_clip's
     blocks as they are. --quantize writes int8 graphs (<name>_int8-dynamic.onnx, <name>_int8-static.onnx).
+    --stages writes one staged graph (<model>_keep0.70_b6k0.70_b9k0.70.onnx: each later stage's block and keep).
     Checks (a table; any failure exits 1): onnx.checker full check, ONNX Runtime against PyTorch (max abs
     diff <= 1e-4 in fp32 with identical kept indices, 1e-2 in fp16, 0.1 in int8) and TensorRT readiness
     (not at O2 or int8-dynamic). The same inputs give byte-identical files.
@@ -68,7 +74,10 @@ def export_command(ctx, model_name, pretrained, checkpoint, model_config, random
     from prtk.export.checks import load_check_images
     from prtk.export.exporter import ExportConfig, check_export_outputs, export_models, read_class_names
 
-    config = ExportConfig(keeps=parse_keeps(keeps), pack=pack, scorer=scorer, layer=layer, tokens=not no_tokens,
+    layer, keep, later_stages = stage_schedule(ctx, stages, layer, None)
+    config = ExportConfig(keeps=parse_keeps(keeps) if keep is None else (keep,), pack=pack, scorer=scorer, layer=layer,
+                          later_stages=later_stages, stage_scorer=stage_scorer, fuse_dropped=fuse_dropped,
+                          tokens=not no_tokens,
                           full=full, normalize=not no_normalize, kept_indices=not no_kept_indices,
                           classes=read_class_names(classes_path) if classes_path else (), fp16=fp16, quantize=quantize,
                           calib_data=calib_data, calib_images=calib_images, calib_method=calib_method,

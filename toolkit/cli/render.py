@@ -14,8 +14,12 @@ if TYPE_CHECKING:
 def print_eval_table(report: EvalReport, to_stderr: bool) -> None:
     pruning = report.pruning
     scorer = pruning.scorer + (f" + {pruning.learnable_tokens} tokens" if pruning.learnable_tokens else "")
+    stages = [{"block": pruning.layer, "keep": pruning.keep, "keep_count": pruning.keep_count},
+              *pruning.later_stages]
+    if len(stages) > 1:
+        scorer += f" + {stages[1]['scorer']} stages"
     rows = [["unpruned", "1", str(report.architecture["num_patches"]), "-"],
-            [scorer, f"{pruning.keep:g}", str(pruning.keep_count), str(pruning.layer)]]
+            [scorer, *(" > ".join(f"{stage[key]:g}" for stage in stages) for key in ("keep", "keep_count", "block"))]]
     for row, result in zip(rows, (report.unpruned, report.pruned), strict=True):
         row += [f"{result.top1:.2f}", f"{result.top5:.2f}", f"{result.images_per_s:,.1f}", f"{result.gflops:.3f}"]
     print_table(f"{report.model} on {report.data_root} ({report.images} images)",

@@ -33,6 +33,8 @@ class EvalConfig:
     tokens: bool = True  # with the predictor: append the pack's learnable tokens for this keep ratio
     seed: int = 0
     fuse_dropped: bool = False
+    later_stages: tuple[tuple[int, float], ...] = ()  # (block, keep) stages after the first
+    stage_scorer: str = "cls-attention"  # what ranks the patches at the later stages (or elip)
     batch_size: int = 64
     workers: int = 1
     limit: int | None = None  # evaluate an evenly spaced subset of this many images
@@ -43,7 +45,8 @@ class EvalConfig:
     @property
     def tower_spec(self) -> TowerSpec:
         return TowerSpec(keep=self.keep, scorer=self.scorer, layer=self.layer, tokens=self.tokens,
-                         fuse_dropped=self.fuse_dropped, seed=self.seed)
+                         fuse_dropped=self.fuse_dropped, seed=self.seed, later_stages=self.later_stages,
+                         stage_scorer=self.stage_scorer)
 
 
 @dataclass
@@ -68,23 +71,24 @@ def _golden_rankings(clip: LoadedClip, dataset: ImageFolderDataset, config: Eval
     return ranking.meta["layer"], rankings_for(ranking, clip, paths, hashes)
 
 
-def _pruned_tower(clip: LoadedClip, dataset: ImageFolderDataset,
-                  config: EvalConfig) -> tuple[PrunedVisionTower, torch.Tensor | None, int]:
-    """The pruned tower for ``config``, the golden rankings [I, N] it reads (golden scorer only), and the
-    scorer's own MACs per image (the predictor's; the other scorers' are negligible)."""
+def _pruned_tower(clip: LoadedClip, dataset: ImageFolderDataset, config: EvalConfig,
+                  classifier: torch.Tensor) -> tuple[PrunedVisionTower, torch.Tensor | None, int]:
+    """The pruned tower for ``config`` (``classifier`` [C,E]: the language side of an ELIP stage), the golden
+    rankings [I, N] it reads (golden scorer only), and the scorer's own MACs per image (the predictor's; the
+    other scorers' are negligible)."""
     if config.ranking is not None and config.scorer != "golden":
         raise PrtkInputError(f"--ranking is read only by --scorer golden, got --scorer {config.scorer}")
     spec = config.tower_spec
     spec.check_source(config.pack is not None)
     if config.scorer == "golden":
         layer, golden = _golden_rankings(clip, dataset, config)
-        return build_tower(clip, spec.at_layer_of(layer, "ranking")), golden, 0
+        return build_tower(clip, spec.at_layer_of(layer, "ranking"), None, classifier), golden, 0
     if config.pack is None:
-        return build_tower(clip, spec), None, 0
+        return build_tower(clip, spec, None, classifier), None, 0
     from prtk.predictor.model import predictor_macs
     from prtk.predictor.pack import load_pack
 
-    tower = build_tower(clip, spec, load_pack(config.pack))
+    tower = build_tower(clip, spec, load_pack(config.pack), classifier)
     return tower, None, predictor_macs(clip.spec, tower.scorer.predictor.config)
 
 
@@ -108,11 +112,11 @@ def evaluate(clip: LoadedClip, data_root: str | Path, config: EvalConfig,
     device = resolve_device(config.device)
     spec = clip.spec
     dataset = ImageFolderDataset(data_root, clip.preprocess, spec.image_size, config.limit)
-    tower, golden, scorer_macs = _pruned_tower(clip, dataset, config)
     clip.model.to(device)
-    tower.to(device)
     classifier = class_embeddings(clip.model, clip.tokenizer, [class_display_name(c) for c in dataset.classes],
                                   config.templates)
+    tower, golden, scorer_macs = _pruned_tower(clip, dataset, config, classifier)
+    tower.to(device)
     unpruned, pruned, skipped, warmed_up, completed = _Tally(), _Tally(), [], False, 0
     for images, labels, indices, errors in make_loader(dataset, config.batch_size, config.workers):
         unreadable = [i for i, error in enumerate(errors) if error]
@@ -143,14 +147,18 @@ def evaluate(clip: LoadedClip, data_root: str | Path, config: EvalConfig,
     if evaluated == 0:
         raise PrtkInputError(f"no readable images in {data_root}: all {len(dataset)} failed to decode")
     layer, tokens = tower.layer, tower.num_learnable_tokens
-    pruned_macs = vision_macs(spec, config.keep, layer, tokens, fused=config.fuse_dropped)
+    stages = config.later_stages
+    pruned_macs = vision_macs(spec, config.keep, layer, tokens, config.fuse_dropped, stages)
     return EvalReport(
         model=clip.name, weights=clip.weights | {"sha256": clip.weights_sha256}, architecture=spec.as_dict(),
         data_root=str(data_root), classes=dataset.classes, images=evaluated, skipped_bad=skipped,
         pruning=PruningFacts(layer=layer, keep=config.keep, keep_count=tower.keep_count, scorer=config.scorer,
                              seed=config.seed, fuse_dropped=config.fuse_dropped, learnable_tokens=tokens,
                              block_cost_ratio=block_cost_ratio(spec, config.keep, layer, tokens,
-                                                               fused=config.fuse_dropped)),
+                                                               config.fuse_dropped, stages),
+                             later_stages=[{"block": block, "keep": keep, "keep_count": count,
+                                            "scorer": config.stage_scorer}
+                                           for (block, keep), count in zip(stages, tower.stage_counts[1:])]),
         ranking=config.ranking, pack=config.pack, device=str(device), config=asdict(config),
         unpruned=unpruned.result(evaluated, vision_macs(spec)),
         pruned=pruned.result(evaluated, scorer_macs + pruned_macs))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from prtk import __version__
 
@@ -19,7 +19,8 @@ class TowerAccuracy:
 
 @dataclass(frozen=True)
 class PruningFacts:
-    """The pruned tower evaluated: ``keep_count`` = k patches kept at the input of block ``layer``."""
+    """The pruned tower evaluated: ``keep_count`` = k patches kept at the input of block ``layer``, then each of
+    ``later_stages`` (block, keep, keep_count, the scorer that ranked them)."""
 
     layer: int
     keep: float
@@ -29,6 +30,7 @@ class PruningFacts:
     fuse_dropped: bool
     learnable_tokens: int
     block_cost_ratio: float
+    later_stages: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,14 @@
 
 One block on ``n`` tokens of width ``D`` costs ``(4 + 2 * mlp_ratio) n D^2 + 2 n^2 D`` MACs
 (``12 n D^2 + 2 n^2 D`` at MLP ratio 4): the q/k/v/out projections, the MLP, and the two
-``n x n`` attention products. Pruning at block ``l`` runs blocks ``l..L-1`` on ``1 + k (+1 fused) + P`` tokens.
+``n x n`` attention products. Pruning at block ``l`` runs blocks ``l..L-1`` on ``1 + k (+1 fused) + P`` tokens;
+each later stage ``(b, keep_s)`` runs blocks ``b..`` on ``1 + k_s (+1) + P``. The later stages' CLS-attention
+scores are counted with the blocks they read (the query of one token: under 1% of a block).
 """
 
 from __future__ import annotations
 
-from prtk.pruning.tower import check_layer, keep_count
+from prtk.pruning.tower import check_layer, check_stages, keep_count, stage_counts
 from prtk.models.vit import ViTSpec
 
 
@@ -22,28 +24,36 @@ def suffix_tokens(spec: ViTSpec, keep: float, learnable_tokens: int = 0, fused: 
 
 
 def blocks_macs(spec: ViTSpec, keep: float = 1.0, layer: int | None = None,
-                learnable_tokens: int = 0, fused: bool = False) -> float:
-    """MACs of the L blocks, with pruning at block ``layer`` (no pruning when keep is 1 and P is 0)."""
+                learnable_tokens: int = 0, fused: bool = False,
+                later_stages: tuple[tuple[int, float], ...] = ()) -> float:
+    """MACs of the L blocks, with pruning at block ``layer`` (no pruning when keep is 1 and P is 0) and again at
+    each of ``later_stages``."""
     full = block_macs(spec.num_patches + 1, spec.width, spec.mlp_ratio)
     if layer is None:
         return spec.layers * full
     check_layer(layer, spec)
-    pruned = block_macs(suffix_tokens(spec, keep, learnable_tokens, fused), spec.width, spec.mlp_ratio)
-    return layer * full + (spec.layers - layer) * pruned
+    check_stages(layer, keep, later_stages, spec.layers)
+    starts = [layer, *(block for block, _ in later_stages), spec.layers]
+    counts = stage_counts(keep, later_stages, spec.num_patches)
+    pruned = sum((stop - start) * block_macs(1 + count + int(fused) + learnable_tokens, spec.width, spec.mlp_ratio)
+                 for start, stop, count in zip(starts, starts[1:], counts))
+    return layer * full + pruned
 
 
 def vision_macs(spec: ViTSpec, keep: float = 1.0, layer: int | None = None,
-                learnable_tokens: int = 0, fused: bool = False) -> float:
+                learnable_tokens: int = 0, fused: bool = False,
+                later_stages: tuple[tuple[int, float], ...] = ()) -> float:
     """MACs of the whole image tower: patch embedding + blocks + output projection."""
     patch_embedding = spec.num_patches * 3 * spec.patch_size ** 2 * spec.width
     projection = spec.width * spec.output_dim
-    return patch_embedding + blocks_macs(spec, keep, layer, learnable_tokens, fused) + projection
+    return patch_embedding + blocks_macs(spec, keep, layer, learnable_tokens, fused, later_stages) + projection
 
 
 def block_cost_ratio(spec: ViTSpec, keep: float, layer: int, learnable_tokens: int = 0,
-                     fused: bool = False) -> float:
-    """docs/design.md's ratio ``(l C(N+1) + (L-l) C(1+k+P)) / (L C(N+1))``; its inverse bounds the speedup."""
-    return blocks_macs(spec, keep, layer, learnable_tokens, fused) / blocks_macs(spec)
+                     fused: bool = False, later_stages: tuple[tuple[int, float], ...] = ()) -> float:
+    """docs/design.md's ratio ``(l C(N+1) + (L-l) C(1+k+P)) / (L C(N+1))`` (summed over the segments between
+    stages); its inverse bounds the speedup."""
+    return blocks_macs(spec, keep, layer, learnable_tokens, fused, later_stages) / blocks_macs(spec)
 
 
 def gflops(macs: float) -> float:

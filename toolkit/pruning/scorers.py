@@ -76,22 +76,67 @@ class ClsAttentionScorer(TokenScorer):
     name = "cls-attention"
 
     def forward(self, inputs: ScorerInput) -> torch.Tensor:
-        block = inputs.previous_block
-        attention = block.attn
-        if not attention._qkv_same_embed_dim:
-            raise PrtkInputError("cls-attention needs a self-attention block with a packed in-projection")
-        hidden = block.ln_1(inputs.previous_tokens)  # [B, T, D]
-        batch, length, width = hidden.shape
-        heads = attention.num_heads
-        head_width = width // heads
-        weight_q, weight_k, _ = attention.in_proj_weight.chunk(3)
-        bias_q, bias_k = (None, None)
-        if attention.in_proj_bias is not None:
-            bias_q, bias_k, _ = attention.in_proj_bias.chunk(3)
-        query = F.linear(hidden[:, :1], weight_q, bias_q).reshape(batch, 1, heads, head_width).transpose(1, 2)
-        keys = F.linear(hidden, weight_k, bias_k).reshape(batch, length, heads, head_width).transpose(1, 2)
-        logits = (query @ keys.transpose(-1, -2)) * head_width ** -0.5  # [B, H, 1, T]
-        return logits.softmax(dim=-1).mean(dim=1)[:, 0, 1:]  # [B, N]
+        return cls_attention(inputs.previous_block, inputs.previous_tokens)
+
+
+def cls_attention(block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Head-averaged softmax attention of the first token to every other one in ``block`` (an open_clip
+    ResidualAttentionBlock) over ``tokens`` [B,T,D] entering it -> [B, T-1]."""
+    attention = block.attn
+    if not attention._qkv_same_embed_dim:
+        raise PrtkInputError("cls-attention needs a self-attention block with a packed in-projection")
+    hidden = block.ln_1(tokens)  # [B, T, D]
+    batch, length, width = hidden.shape
+    heads = attention.num_heads
+    head_width = width // heads
+    weight_q, weight_k, _ = attention.in_proj_weight.chunk(3)
+    bias_q, bias_k = (None, None)
+    if attention.in_proj_bias is not None:
+        bias_q, bias_k, _ = attention.in_proj_bias.chunk(3)
+    query = F.linear(hidden[:, :1], weight_q, bias_q).reshape(batch, 1, heads, head_width).transpose(1, 2)
+    keys = F.linear(hidden, weight_k, bias_k).reshape(batch, length, heads, head_width).transpose(1, 2)
+    logits = (query @ keys.transpose(-1, -2)) * head_width ** -0.5  # [B, H, 1, T]
+    return logits.softmax(dim=-1).mean(dim=1)[:, 0, 1:]  # [B, T-1]
+
+
+class LanguageGuidedScorer(TokenScorer):
+    """ELIP's language-guided score (Guo et al., arXiv 2309.16738), for a zero-shot classifier.
+
+    ELIP replaces the vision [CLS] by ``(1 - 0.2) * vision CLS + 0.2 * text CLS`` and ranks patches by that
+    query's head-averaged attention. A deployed classifier has no caption, so its language side is the zero-shot
+    head: the class text embeddings ``classifier`` [C,E] weighted by the current prediction (the softmax of
+    ``logit_scale`` x cosine between the tower's embedding of the tokens leaving block ``l-1`` and each class),
+    carried into the tower's width by the transpose of its projection and scaled to the CLS token's norm. The
+    query attends in block ``l-1`` (as cls-attention does) instead of ELIP's look-ahead through the next blocks,
+    which would cost those blocks twice.
+    """
+
+    name = "elip"
+    VISION_WEIGHT = 0.8  # ELIP's lambda
+
+    def __init__(self, visual: nn.Module, classifier: torch.Tensor, logit_scale: float):
+        super().__init__()
+        self.parts = (visual,)  # read, not owned: the tower registers the image tower
+        self.register_buffer("classifier", classifier.detach().clone())  # [C, E], rows L2-normalised
+        self.logit_scale = logit_scale
+
+    def forward(self, inputs: ScorerInput) -> torch.Tensor:
+        from prtk.models.vit import pool_tokens
+
+        (visual,) = self.parts
+        estimate = pool_tokens(visual, inputs.tokens)  # [B, D]
+        if visual.proj is not None:
+            estimate = estimate @ visual.proj  # [B, E]
+        classifier = self.classifier.to(estimate.dtype)
+        prediction = (self.logit_scale * F.normalize(estimate, dim=-1) @ classifier.T).softmax(dim=-1)  # [B, C]
+        text = prediction @ classifier  # [B, E]
+        if visual.proj is not None:
+            text = text @ visual.proj.T  # [B, D]
+        cls = inputs.previous_tokens[:, 0]  # [B, D]
+        text = text * (cls.norm(dim=-1, keepdim=True) / text.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        query = self.VISION_WEIGHT * cls + (1 - self.VISION_WEIGHT) * text
+        tokens = torch.cat([query.unsqueeze(1), inputs.previous_tokens[:, 1:]], dim=1)
+        return cls_attention(inputs.previous_block, tokens)
 
 
 class IndexScorer(TokenScorer):
