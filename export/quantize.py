@@ -47,6 +47,7 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIBRATION_METHOD = "minmax"
 DEFAULT_CALIBRATION_IMAGES = 256
 FLOAT_SCOPES = ("/tower/scorer/",)  # node-name prefixes (module paths) that stay float
+STAGE_SCORER_SCOPE = "/tower/stage_scorer/"  # the later stages' scorer: float too, in staged graphs
 QUANTIZED_OPS = ("MatMul", "Gemm")
 CALIBRATION_BATCH = 32
 BEFORE_PRUNING = {"int8-dynamic": "int8", "int8-static": "float"}  # measured defaults (above)
@@ -138,15 +139,22 @@ def load_calibration_images(config: QuantizationConfig, preprocess, image_size: 
     return CalibrationImages(np.stack(pixels).astype(np.float32), str(config.data), config.seed, config.method, digest)
 
 
+def float_scopes(model: onnx.ModelProto) -> tuple[str, ...]:
+    """The scopes kept float in ``model``: ``FLOAT_SCOPES``, and the later stages' scorer where it has stages."""
+    staged = any(node.name.startswith(STAGE_SCORER_SCOPE) for node in model.graph.node)
+    return FLOAT_SCOPES + ((STAGE_SCORER_SCOPE,) if staged else ())
+
+
 def int8_nodes(model: onnx.ModelProto, float_blocks: int) -> list[str]:
-    """The nodes to quantize: MatMul/Gemm by a weight (an initializer), outside ``FLOAT_SCOPES`` and outside the
-    first ``float_blocks`` transformer blocks (those before the pruning layer)."""
+    """The nodes to quantize: MatMul/Gemm by a weight (an initializer), outside ``float_scopes`` (the scorers) and
+    outside the first ``float_blocks`` transformer blocks (those before the pruning layer)."""
     weights = {tensor.name for tensor in model.graph.initializer}
+    scopes = float_scopes(model)
     chosen = []
     for node in model.graph.node:
         block = BLOCK_SCOPE.search(node.name)
         if (node.op_type in QUANTIZED_OPS and any(name in weights for name in node.input)
-                and not node.name.startswith(FLOAT_SCOPES) and not (block and int(block.group(1)) < float_blocks)):
+                and not node.name.startswith(scopes) and not (block and int(block.group(1)) < float_blocks)):
             chosen.append(node.name)
     return chosen
 
@@ -191,7 +199,7 @@ def quantize_graph(model: onnx.ModelProto, config: QuantizationConfig, calibrati
                     "output channel" if config.calibrated else "int8, symmetric, per tensor"),
         "activations": ("int8, symmetric, per tensor, calibrated" if config.calibrated
                         else "uint8, per tensor, ranges computed at run time"),
-        "float": {"scopes": list(FLOAT_SCOPES), "first_blocks": float_blocks,
+        "float": {"scopes": list(float_scopes(model)), "first_blocks": float_blocks,
                   "matmuls": len(float_nodes), "operators": kept_float},
         "calibration": calibration.as_dict() if calibration is not None else None,
     }
