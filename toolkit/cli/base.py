@@ -121,7 +121,7 @@ stage_scorer_option = click.option(
          "query (the CLS mixed with the zero-shot head's class embeddings weighted by the current prediction).")
 
 
-def stage_schedule(ctx: click.Context, stages: str | None, layer: int | None, keep):
+def stage_schedule(ctx: click.Context, stages: str | None, layer: int | None, keep: float | None):
     """``(layer, keep, later_stages)`` from ``--stages`` (refusing ``--keep`` / ``--layer`` beside it), else the
     options as given with no later stage."""
     from prtk.pruning.spec import parse_stages

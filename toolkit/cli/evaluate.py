@@ -56,8 +56,7 @@ def eval_command(ctx, model_name, pretrained, checkpoint, model_config, random_w
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
     config = EvalConfig(keep=keep, layer=layer, scorer=scorer, ranking=ranking, pack=pack, tokens=not no_tokens,
                         seed=seed, fuse_dropped=fuse_dropped, later_stages=later_stages, stage_scorer=stage_scorer,
-                        batch_size=batch_size,
-                        workers=workers, limit=limit, skip_bad=skip_bad, device=device)
+                        batch_size=batch_size, workers=workers, limit=limit, skip_bad=skip_bad, device=device)
     try:
         with progress_bar(f"eval {clip.name}") as update:
             report = evaluate(clip, data_root, config, progress=update)
