@@ -23,7 +23,7 @@ from bench_cli import add_json_arguments, add_model_arguments, check_json, load_
 from prtk.core.console import print_table
 from prtk.core.errors import PrtkInputError
 from prtk.evaluation.accuracy import EvalConfig, evaluate
-from prtk.predictor.model import predictor_macs
+from prtk.predictor.model import PredictorConfig, predictor_macs
 from prtk.predictor.pack import load_pack
 from prtk.pruning.cost import gflops, vision_macs
 from prtk.pruning.tower import default_layer
@@ -59,7 +59,7 @@ def schedule(row: Row, budget_gflops: float, clip, pack, pack_path: str | None, 
     """The ``EvalConfig`` fields of ``row`` nearest ``budget_gflops`` by the cost model."""
     spec, first, later = clip.spec, blocks[0], blocks[1:]
     predictor = row.scorer == "predictor"
-    extra = gflops(predictor_macs(spec, pack.build_predictor(clip).config)) if predictor else 0.0
+    extra = gflops(predictor_macs(spec, PredictorConfig(**pack.meta["predictor"]))) if predictor else 0.0
     tokens = pack.num_tokens if row.tokens else 0
 
     def cost(keep: float, shares: tuple[float, ...]) -> float:

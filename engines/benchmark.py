@@ -39,7 +39,7 @@ from prtk.models import LoadedClip
 from prtk.pruning.tower import check_keeps
 
 from .runners import OnnxRuntimeRunner, OpenVinoRunner, Runner, TorchRunner
-from .validation import ONNX_BACKENDS, check_backend
+from .validation import ONNX_BACKENDS, runs_on
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 VARIANTS = ("fp32", "int8-dynamic", "int8-static")
@@ -338,11 +338,7 @@ def _runs_on(artifact: ArtifactFile, backend: str) -> bool:
         return False
     if backend == "torch":
         return artifact.precision == "fp32"
-    try:
-        check_backend(artifact, backend)
-    except PrtkInputError:
-        return False
-    return backend in ONNX_BACKENDS
+    return runs_on(artifact, backend)
 
 
 def _runs_on_hint(backend: str) -> str:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
+import onnx
+
 from prtk.core.files import check_not_an_input, check_writable, write_bytes_atomic, write_json_atomic
 from prtk.core.errors import PrtkInputError
 from prtk.export.onnx_graph import custom_domains, load_graph
@@ -73,10 +75,11 @@ def engine_sources(target: str | Path, precision: str, force: bool) -> list[Path
     return sources
 
 
-def check_buildable(onnx_path: Path, precision: str) -> None:
+def check_buildable(onnx_path: Path, precision: str) -> onnx.ModelProto:
     """Refuse, in one line, a graph TensorRT cannot build at ``precision``: operators outside ONNX's own domain
     (``--optimize O2``), dynamic quantization (``--quantize int8-dynamic``), an int8 build from a graph without
-    Q/DQ nodes (TensorRT 10 builds int8 from explicit quantization only), a float build from a Q/DQ graph."""
+    Q/DQ nodes (TensorRT 10 builds int8 from explicit quantization only), a float build from a Q/DQ graph.
+    Returns the graph, as read."""
     model = load_graph(onnx_path)
     domains = custom_domains(model)
     if domains:
@@ -91,6 +94,7 @@ def check_buildable(onnx_path: Path, precision: str) -> None:
                              "quantization; export with --quantize int8-static --calib-data DIR")
     if precision != "int8" and QDQ_OPS <= ops:
         raise PrtkInputError(f"{onnx_path.name} is a Q/DQ (int8-static) graph: build it with --precision int8")
+    return model
 
 
 def build_engines(sources: list[Path], config: EngineConfig, force: bool = False) -> Iterator[Path]:
@@ -108,10 +112,9 @@ def build_engine(onnx_path: str | Path, config: EngineConfig, force: bool = Fals
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise PrtkInputError(f"ONNX file not found: {onnx_path}")
-    check_buildable(onnx_path, config.precision)
+    model = check_buildable(onnx_path, config.precision)
     out = check_writable(engine_path(onnx_path, config.precision), force)
     check_writable(out.with_suffix(".json"), force)
-    model = load_graph(onnx_path)
     image = model.graph.input[0]
     shape = tuple(dim.dim_value for dim in image.type.tensor_type.shape.dim)[1:]
     cache = Path(config.timing_cache) if config.timing_cache else None

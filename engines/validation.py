@@ -209,6 +209,13 @@ def polygraphy_command(artifact: ArtifactFile, comparison: TensorComparison, res
                      tolerance_flags(comparison)])
 
 
+def runs_on(artifact: ArtifactFile, backend: str) -> bool:
+    """Whether ONNX runtime ``backend`` (``ONNX_BACKENDS``) runs the graph ``artifact``: its sidecar lists it, or, for
+    OpenVINO, the graph is standard ONNX (sidecars older than OpenVINO's support name only TensorRT)."""
+    runtimes = artifact.sidecar.get("runtimes", ["onnxruntime", "tensorrt"])
+    return backend in runtimes or (backend == "openvino" and "tensorrt" in runtimes)
+
+
 def check_backend(artifact: ArtifactFile, backend: str) -> None:
     """Refuse a backend that cannot run ``artifact``: not an ONNX runtime, or one its sidecar does not list."""
     if artifact.path.suffix == ".engine":
@@ -216,8 +223,7 @@ def check_backend(artifact: ArtifactFile, backend: str) -> None:
     if backend not in ONNX_BACKENDS:
         raise PrtkInputError(f"an ONNX graph is validated on one of {', '.join(ONNX_BACKENDS)}, got {backend!r}")
     runtimes = artifact.sidecar.get("runtimes", ["onnxruntime", "tensorrt"])
-    standard_onnx = "tensorrt" in runtimes  # what OpenVINO reads, though sidecars older than it do not name it
-    if backend not in runtimes and not (backend == "openvino" and standard_onnx):
+    if not runs_on(artifact, backend):
         raise PrtkInputError(f"{artifact.path.name} runs on {', '.join(runtimes)} only (its sidecar's runtimes), "
                              f"not on {backend}")
 

@@ -201,6 +201,17 @@ def _pruning_facts(spec, config: ExportConfig, tower: PrunedVisionTower, pack, k
     return facts
 
 
+def zero_shot_classifier(clip: LoadedClip, classes: tuple[str, ...]) -> torch.Tensor | None:
+    """The zero-shot classifier [C,E] over ``classes`` with ``clip``'s text tower, as an export bakes it in (None
+    without classes)."""
+    from prtk.models.zeroshot import class_embeddings
+
+    if not classes:
+        return None
+    with torch.no_grad():
+        return class_embeddings(clip.model, clip.tokenizer, list(classes)).clone()
+
+
 def tower_gflops(spec, tower, with_predictor: bool) -> float:
     """GFLOPs per image of ``tower`` (a ``PrunedVisionTower`` or the unpruned visual), by the cost model, with the
     pack's predictor where it scores the patches."""
@@ -294,13 +305,8 @@ class ArtifactFile:
     def classifier(self, clip: LoadedClip) -> torch.Tensor | None:
         """The zero-shot classifier [C,E] baked into the graph (its ``logits`` output's classes), rebuilt over
         ``clip``'s text tower; None without one."""
-        from prtk.models.zeroshot import class_embeddings
-
         logits = next((output for output in self.sidecar["outputs"] if output["name"] == "logits"), None)
-        if logits is None:
-            return None
-        with torch.no_grad():
-            return class_embeddings(clip.model, clip.tokenizer, list(logits["classes"])).clone()
+        return zero_shot_classifier(clip, tuple(logits["classes"]) if logits else ())
 
     def reference_model(self) -> LoadedClip:
         """The model and weights the artifact was exported from, as its sidecar names them."""

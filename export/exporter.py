@@ -22,10 +22,10 @@ from prtk.core.files import (check_not_an_input, check_writable, commit_together
                             write_json_atomic)
 from prtk.core.errors import PrtkInputError
 from prtk.models import LoadedClip
-from prtk.pruning.spec import EXPORTABLE_BASELINES, NO_LANGUAGE_SIDE, TowerSpec, build_tower, clip_logit_scale
+from prtk.pruning.spec import EXPORTABLE_BASELINES, NO_LANGUAGE_SIDE, TowerSpec, build_tower
 from prtk.pruning.tower import PrunedVisionTower, check_keeps
 
-from .artifact import describe
+from .artifact import describe, zero_shot_classifier
 from .checks import CheckResult, Tolerance, check_onnx, check_runtime, check_tensorrt_readiness
 from .deployed import INPUT_NAME, DeployedTower
 from .lean_blocks import export_blocks
@@ -176,7 +176,7 @@ def export_models(clip: LoadedClip, config: ExportConfig, out_dir: str | Path, c
     out_dir = Path(out_dir)
     targets = check_export_outputs(clip.name, config, out_dir, force)
     pack = load_export_pack(clip, config)
-    classifier = _classifier(clip, config.classes)
+    classifier = zero_shot_classifier(clip, config.classes)
     modules = [deployed_tower(clip, config, pack, keep, classifier) for keep in targets]  # refuse before writing
     calibration = (load_calibration_images(config.quantization, clip.preprocess, clip.spec.image_size)
                    if config.quantize == "int8-static" else None)
@@ -209,7 +209,7 @@ def deployed_tower(clip: LoadedClip, config: ExportConfig, pack, keep: float | N
                    classifier: torch.Tensor | None = None) -> DeployedTower:
     """The module exported for ``keep`` (None: the unpruned tower), as ``config`` and ``pack`` describe it."""
     tower = clip.visual if keep is None else build_tower(clip, config.tower_spec(keep), pack, classifier)
-    return DeployedTower(tower, config.normalize, classifier, clip_logit_scale(clip), config.kept_indices).eval()
+    return DeployedTower(tower, config.normalize, classifier, clip.logit_scale, config.kept_indices).eval()
 
 
 def load_export_pack(clip: LoadedClip, config: ExportConfig):
@@ -223,12 +223,6 @@ def load_export_pack(clip: LoadedClip, config: ExportConfig):
     return pack
 
 
-def _classifier(clip: LoadedClip, classes: tuple[str, ...]) -> torch.Tensor | None:
-    from prtk.models.zeroshot import class_embeddings
-
-    if not classes:
-        return None
-    return class_embeddings(clip.model, clip.tokenizer, list(classes)).clone()
 
 
 def _export_one(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack, keep: float | None,

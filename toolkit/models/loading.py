@@ -46,6 +46,12 @@ class LoadedClip:
         return state_dict_sha256(self.model.state_dict())
 
     @property
+    def logit_scale(self) -> float:
+        """The zero-shot logit scale: ``exp`` of the model's learnt log scale (100 without one)."""
+        scale = getattr(self.model, "logit_scale", None)
+        return float(scale.detach().exp()) if scale is not None else 100.0
+
+    @property
     def preprocess_config(self) -> dict:
         """Input size, resize mode and normalisation, as open_clip records them on the model."""
         open_clip = import_open_clip()

@@ -95,3 +95,9 @@ def pool_tokens(visual: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """open_clip's pooling (after its final LayerNorm) of the last block's output [B,T,D] -> [B,D]."""
     pooled, _ = visual._pool(tokens)
     return pooled
+
+
+def project_tokens(visual: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's pooling and output projection of tokens [B,T,D] -> the image embedding [B,E]."""
+    pooled = pool_tokens(visual, tokens)
+    return pooled if visual.proj is None else pooled @ visual.proj

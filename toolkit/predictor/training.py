@@ -255,7 +255,7 @@ def train_pack(clip: LoadedClip, ranking_path: str | Path, data_root: str | Path
 
         class_names = [class_display_name(c) for c in ranking.meta["classes"]]
         classifier = class_embeddings(clip.model, clip.tokenizer, class_names).clone()  # a normal tensor, for autograd
-        logit_scale = clip.model.logit_scale.exp().item()
+        logit_scale = clip.logit_scale
         tokens = {}
         with torch.no_grad():
             unpruned_head = TokenHead(PrunedVisionTower(clip.visual, 1.0, tower.layer), classifier, logit_scale)

@@ -121,12 +121,10 @@ class LanguageGuidedScorer(TokenScorer):
         self.logit_scale = logit_scale
 
     def forward(self, inputs: ScorerInput) -> torch.Tensor:
-        from prtk.models.vit import pool_tokens
+        from prtk.models.vit import project_tokens
 
         (visual,) = self.parts
-        estimate = pool_tokens(visual, inputs.tokens)  # [B, D]
-        if visual.proj is not None:
-            estimate = estimate @ visual.proj  # [B, E]
+        estimate = project_tokens(visual, inputs.tokens)  # [B, E]
         classifier = self.classifier.to(estimate.dtype)
         prediction = (self.logit_scale * F.normalize(estimate, dim=-1) @ classifier.T).softmax(dim=-1)  # [B, C]
         text = prediction @ classifier  # [B, E]

@@ -121,12 +121,6 @@ def baseline_scorer(name: str, num_patches: int, seed: int = 0, language: TokenS
     raise PrtkInputError(f"scorer {name!r} needs a trained source; baselines are {', '.join(BASELINE_SCORERS)}")
 
 
-def clip_logit_scale(clip) -> float:
-    """The CLIP's zero-shot logit scale (``exp`` of its learnt log scale; 100 without one)."""
-    scale = getattr(clip.model, "logit_scale", None)
-    return float(scale.detach().exp()) if scale is not None else 100.0
-
-
 def build_tower(clip, spec: TowerSpec, pack: TowerSource | None = None,
                 classifier: torch.Tensor | None = None) -> PrunedVisionTower:
     """The pruned tower ``spec`` describes over ``clip``'s image tower, its scorer and tokens frozen (the image
@@ -140,7 +134,7 @@ def build_tower(clip, spec: TowerSpec, pack: TowerSource | None = None,
     if spec.needs_language:
         if classifier is None:
             raise PrtkInputError(NO_LANGUAGE_SIDE)
-        language = LanguageGuidedScorer(clip.visual, classifier, clip_logit_scale(clip))
+        language = LanguageGuidedScorer(clip.visual, classifier, clip.logit_scale)
     tokens = None
     if pack is not None:
         pack.check_model(clip)

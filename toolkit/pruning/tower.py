@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from prtk.core.errors import PrtkInputError
 from prtk.pruning.scorers import ClsAttentionScorer, ScorerInput, TokenScorer
-from prtk.models.vit import ViTSpec, embed_tokens, pool_tokens, vision_transformer
+from prtk.models.vit import ViTSpec, embed_tokens, project_tokens, vision_transformer
 
 
 def keep_count(keep: float, num_patches: int) -> int:
@@ -203,8 +203,7 @@ class PrunedVisionTower(nn.Module):
 
     def head(self, tokens: torch.Tensor) -> torch.Tensor:
         """open_clip's pooling and projection on the last block's output [B,T,D] -> embedding [B,E]."""
-        pooled = pool_tokens(self.visual, tokens)
-        return pooled if self.visual.proj is None else pooled @ self.visual.proj
+        return project_tokens(self.visual, tokens)
 
     def forward(self, images: torch.Tensor, rankings: torch.Tensor | None = None, return_indices: bool = False):
         """images [B,3,H,W] (rankings [B,N] for the ``indices`` scorer) -> embedding [B,E].

@@ -67,7 +67,7 @@ class CandidateScore:
         from prtk.models.zeroshot import class_embeddings
 
         classifier = class_embeddings(clip.model, clip.tokenizer, class_names)
-        return cls(kind, classifier, clip.model.logit_scale.detach().exp().item())
+        return cls(kind, classifier, clip.logit_scale)
 
     def _logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * F.normalize(embeddings, dim=-1) @ self.classifier.T.to(embeddings.dtype)
