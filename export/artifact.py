@@ -47,7 +47,8 @@ SIDECAR_SCHEMA: dict[str, tuple] = {
 }
 PRUNING_SCHEMA = {"scorer": (str,), "layer": (int,), "keep": NUMBER, "keep_count": (int,),
                   "num_learnable_tokens": (int,), "seed": (int, type(None))}
-OPTIONAL_SCHEMA = {"optimize": (str,), "runtimes": (list,), "graph": (dict,), "quantization": (dict, type(None))}
+OPTIONAL_SCHEMA = {"optimize": (str,), "runtimes": (list,), "graph": (dict,), "quantization": (dict, type(None)),
+                   "lineage": (dict,)}
 STAGE_SCHEMA = {"block": (int,), "keep": NUMBER, "keep_count": (int,), "scorer": (str,)}  # pruning.later_stages[i]
 OUTPUT_SCHEMA = {"name": (str,), "shape": (list,), "dtype": (str,)}
 NOT_EMBEDDED = ("files", "checks", "tensorrt")  # added to the sidecar after the graph's description was embedded
@@ -138,8 +139,9 @@ def first_difference(left: object, right: object, where: str = "") -> str:
 
 def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack, keep: float | None,
              structure: GraphStructure, quantization: dict | None = None) -> dict:
-    """What an application needs to feed the graph, what validation needs to match it to its reference, and
-    which runtimes can run it (``optimize``, ``runtimes``, ``graph``: its size and fused operators;
+    """What an application needs to feed the graph, what validation needs to match it to its reference (and, for a
+    structurally pruned model, its ``lineage``: parent model and weights, what was removed), and which runtimes
+    can run it (``optimize``, ``runtimes``, ``graph``: its size and fused operators;
     ``quantization``: how an int8 graph was made, from ``prtk.export.quantize.quantize_graph``)."""
     spec = clip.spec
     tower = module.tower
@@ -153,7 +155,8 @@ def describe(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack
     if module.kept_indices:
         outputs.append({"name": "kept_indices", "shape": [BATCH, tower.kept_count], "dtype": "int64",
                         "meaning": "kept patch indices, row-major over the patch grid, CLS excluded, ascending"})
-    return {
+    lineage = {} if clip.lineage is None else {"lineage": clip.lineage}  # a structurally pruned model's parent
+    return lineage | {
         "format": FORMAT,
         "prtk_version": __version__,
         "model": clip.name,

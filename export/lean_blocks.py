@@ -57,14 +57,14 @@ class LeanBlock(nn.Module):
         return x + self.ls_2(self.mlp(_layer_norm(self.ln_2, x)))
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """Multi-head self-attention ``[B,T,D] -> [B,T,D]``; ``T`` is static, so every reshape is a constant."""
+        """Multi-head self-attention ``[B,T,D] -> [B,T,D]`` (through ``A`` = heads x head width); ``T`` is
+        static, so every reshape is a constant."""
         attn = self.attn
-        length, width, heads = int(x.shape[1]), attn.embed_dim, attn.num_heads
-        head_width = width // heads
-        packed = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [B, T, 3D]
+        length, heads, head_width = int(x.shape[1]), attn.num_heads, attn.head_dim
+        packed = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [B, T, 3A], A = heads x head width
         query, key, value = packed.reshape(-1, length, 3 * heads, head_width).transpose(1, 2).split(heads, dim=1)
         weights = ((query * head_width ** -0.5) @ key.transpose(-1, -2)).softmax(dim=-1)  # [B, H, T, T]
-        return attn.out_proj((weights @ value).transpose(1, 2).reshape(-1, length, width))
+        return attn.out_proj((weights @ value).transpose(1, 2).reshape(-1, length, heads * head_width))
 
 
 class FusedBlock(LeanBlock):

@@ -15,19 +15,21 @@ CUSTOM_OPSETS = {DOMAIN: 1}
 
 
 class FusedAttention(torch.autograd.Function):
-    """``Attention``: x ``[B,T,D]``, weight ``[D,3D]`` (q, k, v columns), bias ``[3D]`` -> ``[B,T,D]``:
-    multi-head self-attention of ``heads`` heads with scale ``1/sqrt(D/heads)`` and no mask."""
+    """``Attention``: x ``[B,T,D]``, weight ``[D,3A]`` (q, k, v columns), bias ``[3A]`` -> ``[B,T,A]``:
+    multi-head self-attention of ``heads`` heads of ``A/heads`` each (``A = D`` unless heads were pruned) with scale
+    ``1/sqrt(A/heads)`` and no mask."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int) -> torch.Tensor:
-        batch, length, width = x.shape
+        batch, length, _ = x.shape
         query, key, value = (x @ weight + bias).reshape(batch, length, 3 * heads, -1).transpose(1, 2).split(heads, 1)
-        attended = F.scaled_dot_product_attention(query, key, value)  # [B, H, T, D/H]
-        return attended.transpose(1, 2).reshape(batch, length, width)
+        attended = F.scaled_dot_product_attention(query, key, value)  # [B, H, T, A/H]
+        return attended.transpose(1, 2).reshape(batch, length, -1)
 
     @staticmethod
     def symbolic(g, x, weight, bias, heads):
-        return _typed_like(x, g.op(f"{DOMAIN}::Attention", x, weight, bias, num_heads_i=heads))
+        attention_width = bias.type().varyingSizes()[0] // 3
+        return _typed_like(x, g.op(f"{DOMAIN}::Attention", x, weight, bias, num_heads_i=heads), attention_width)
 
 
 class SkipLayerNorm(torch.autograd.Function):
@@ -69,8 +71,11 @@ class QuickGelu(torch.autograd.Function):
         return _typed_like(x, g.op(f"{DOMAIN}::QuickGelu", x, alpha_f=1.702))
 
 
-def _typed_like(x, value):
-    """``value`` with ``x``'s type and shape: every operator here maps ``[B,T,D]`` to ``[B,T,D]`` (the exporter
-    cannot infer a type for an operator outside ONNX)."""
-    value.setType(x.type())
+def _typed_like(x, value, last: int | None = None):
+    """``value`` with ``x``'s type and shape (its last dimension ``last`` where given: Attention maps ``[B,T,D]``
+    to ``[B,T,A]``); the exporter cannot infer a type for an operator outside ONNX."""
+    if last is None:
+        value.setType(x.type())
+    else:
+        value.setType(x.type().with_sizes([*x.type().varyingSizes()[:-1], last]))
     return value

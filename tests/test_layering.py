@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"prtk": ROOT / "toolkit", "prtk.export": ROOT / "export", "prtk.engines": ROOT / "engines"}
 # Each stage may import the stages before it. prtk.testbeds comes after every product stage but the CLI.
-STAGES = ("core", "models", "data", "pruning", "ranking", "predictor", "evaluation", "export", "engines",
+STAGES = ("core", "models", "data", "pruning", "structure", "ranking", "predictor", "evaluation", "export", "engines",
           "quickstart", "testbeds", "cli")
 DATA_PACKAGES = ("model_configs", "checkpoints")
 

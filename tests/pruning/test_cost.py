@@ -5,7 +5,8 @@ import pytest
 from prtk.pruning.cost import block_cost_ratio, block_macs, gflops, vision_macs
 from prtk.models.vit import ViTSpec
 
-VIT_B16 = ViTSpec(layers=12, width=768, heads=12, mlp_width=3072, patch_size=16, image_size=224, output_dim=512)
+VIT_B16 = ViTSpec(layers=12, width=768, heads=12, mlp_width=3072, head_width=64, patch_size=16, image_size=224,
+                  output_dim=512)
 
 
 def test_vit_b16_is_17_56_gmacs():

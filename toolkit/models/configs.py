@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from prtk.core.errors import PrtkInputError
 from prtk.models.compat import import_open_clip
+from prtk.models.structure import heads_problem, split_config
 
 BUILTIN_CONFIG_PACKAGE = "prtk.model_configs"
 BUILTIN_CHECKPOINT_PACKAGE = "prtk.checkpoints"
 _registered_config_dirs: set[str] = set()
+
+
+@dataclass(frozen=True)
+class StructureKeys:
+    """What a config says beyond open_clip's keys: image-tower heads per block (None: width / head_width) and
+    the structured-pruning lineage (None: not pruned by prtk)."""
+
+    vision_heads: int | None = None
+    lineage: dict | None = None
+
+
+_structure_keys: dict[str, StructureKeys] = {}  # model name -> its config's prtk keys
 
 
 def register_builtin_configs() -> None:
@@ -55,11 +70,21 @@ def register_config_file(path: str | Path) -> str:
         config, dict) else ["embed_dim", "vision_cfg", "text_cfg"]
     if missing:
         raise PrtkInputError(f"model config {path} lacks {', '.join(missing)}")
-    problem = config_problem(config)
+    problem = config_problem(config) or heads_problem(config)
     if problem:
         raise PrtkInputError(f"model config {path}: {problem}")
+    plain, heads, lineage = split_config(config)
+    _structure_keys[path.stem] = StructureKeys(heads, lineage)
+    if plain != config:  # open_clip takes only its own keys: register a copy without prtk's
+        path = Path(tempfile.mkdtemp(prefix="prtk-config-")) / path.name
+        path.write_text(json.dumps(plain))
     _register_config_path(path)
     return path.stem
+
+
+def structure_keys(name: str) -> StructureKeys:
+    """The prtk keys of the config registered for model ``name`` (none for open_clip's and built-in models)."""
+    return _structure_keys.get(name, StructureKeys())
 
 
 def config_problem(config: dict) -> str | None:

@@ -18,8 +18,9 @@ import torch.nn as nn
 
 from prtk.models.compat import import_open_clip
 from prtk.core.errors import PrtkInputError
-from prtk.models.configs import builtin_checkpoint, known_model_names, register_config_file
+from prtk.models.configs import builtin_checkpoint, known_model_names, register_config_file, structure_keys
 from prtk.models.state_dicts import load_checkpoint, state_dict_sha256
+from prtk.models.structure import narrow_attention
 from prtk.models.vit import ViTSpec
 
 
@@ -32,6 +33,7 @@ class LoadedClip:
     preprocess: Callable  # PIL image -> float tensor [3, H, W], the model's own eval transform
     tokenizer: Callable  # list[str] -> int tensor [T, context_length]
     weights: dict = field(default_factory=dict)  # where the weights came from: {"source": ..., ...}
+    lineage: dict | None = None  # a structurally pruned model's parent and what was removed (its config's)
 
     @property
     def visual(self) -> nn.Module:
@@ -120,6 +122,7 @@ def load_clip(
     if len(sources) > 1:
         raise PrtkInputError(f"give one source of weights, got {' and '.join(sources)}")
 
+    keys = structure_keys(name)
     if pretrained:
         model, preprocess = _create_from_hub(open_clip, name, pretrained, device)
         weights = {"source": "hub", "pretrained": pretrained}
@@ -128,6 +131,9 @@ def load_clip(
             torch.manual_seed(seed)
             with _quiet_open_clip_logs():
                 model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
+            if keys.vision_heads is not None:
+                narrow_attention(model.visual, keys.vision_heads)
+                model.visual.to(device)
         if checkpoint is not None:
             load_checkpoint(model, checkpoint, name)
             weights = ({"source": "built-in", "file": shipped.name} if checkpoint == shipped
@@ -136,7 +142,7 @@ def load_clip(
             weights = {"source": "random", "seed": seed}
     model.eval()
     return LoadedClip(name=name, model=model, preprocess=preprocess,
-                      tokenizer=open_clip.get_tokenizer(name), weights=weights)
+                      tokenizer=open_clip.get_tokenizer(name), weights=weights, lineage=keys.lineage)
 
 
 def _create_from_hub(open_clip, name: str, tag: str, device) -> tuple[nn.Module, Callable]:

@@ -25,6 +25,7 @@ class ViTSpec:
     width: int
     heads: int
     mlp_width: int
+    head_width: int
     patch_size: int
     image_size: int
     output_dim: int
@@ -36,6 +37,11 @@ class ViTSpec:
     @property
     def mlp_ratio(self) -> float:
         return self.mlp_width / self.width
+
+    @property
+    def attention_width(self) -> int:
+        """``A`` = heads x head width (the width ``D`` unless heads were pruned)."""
+        return self.heads * self.head_width
 
     def as_dict(self) -> dict:
         return asdict(self) | {"num_patches": self.num_patches}
@@ -54,6 +60,7 @@ class ViTSpec:
             width=tower.transformer.width,
             heads=block.attn.num_heads,
             mlp_width=block.mlp.c_fc.out_features,
+            head_width=block.attn.head_dim,
             patch_size=patch_h,
             image_size=height,
             output_dim=tower.output_dim,
@@ -89,6 +96,15 @@ def vision_transformer(visual: nn.Module) -> nn.Module:
 def embed_tokens(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """open_clip's patch embedding, CLS, positional embedding and pre-LayerNorm: images [B,3,H,W] -> [B,N+1,D]."""
     return visual._embeds(images)
+
+
+def run_blocks(visual: nn.Module, tokens: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """open_clip's ``resblocks[start:stop]`` on batch-first tokens [B,T,D] -> [B,T,D]."""
+    transformer = visual.transformer
+    x = tokens if transformer.batch_first else tokens.transpose(0, 1)
+    for block in transformer.resblocks[start:stop]:
+        x = block(x)
+    return x if transformer.batch_first else x.transpose(0, 1)
 
 
 def pool_tokens(visual: nn.Module, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """The cost model of a (pruned) ViT image tower, in multiply-accumulates (MACs); GFLOPs = 2 x MACs / 1e9.
 
-One block on ``n`` tokens of width ``D`` costs ``(4 + 2 * mlp_ratio) n D^2 + 2 n^2 D`` MACs
-(``12 n D^2 + 2 n^2 D`` at MLP ratio 4): the q/k/v/out projections, the MLP, and the two
-``n x n`` attention products. Pruning at block ``l`` runs blocks ``l..L-1`` on ``1 + k (+1 fused) + P`` tokens;
-each later stage ``(b, keep_s)`` runs blocks ``b..`` on ``1 + k_s (+1) + P``. The later stages' CLS-attention
-scores are counted with the blocks they read (the query of one token: under 1% of a block).
+One block on ``n`` tokens of width ``D``, attention width ``A`` (heads x head width) and MLP width ``M`` costs
+``4 n D A + 2 n D M + 2 n^2 A`` MACs: the q/k/v/out projections, the MLP, and the two ``n x n`` attention
+products (``12 n D^2 + 2 n^2 D`` for an unpruned block at MLP ratio 4, where ``A = D`` and ``M = 4D``).
+Pruning at block ``l`` runs blocks ``l..L-1`` on ``1 + k (+1 fused) + P`` tokens; each later stage
+``(b, keep_s)`` runs blocks ``b..`` on ``1 + k_s (+1) + P``. The later stages' CLS-attention scores are counted
+with the blocks they read (the query of one token: under 1% of a block).
 """
 
 from __future__ import annotations
@@ -13,9 +14,16 @@ from prtk.pruning.tower import check_layer, check_stages, keep_count, stage_coun
 from prtk.models.vit import ViTSpec
 
 
-def block_macs(tokens: int, width: int, mlp_ratio: float = 4.0) -> float:
-    """MACs of one transformer block on ``tokens`` tokens."""
-    return (4 + 2 * mlp_ratio) * tokens * width ** 2 + 2 * tokens ** 2 * width
+def block_macs(tokens: int, width: int, attention_width: int | None = None, mlp_width: int | None = None) -> float:
+    """MACs of one transformer block on ``tokens`` tokens (attention width ``D`` and MLP ``4D`` unless given)."""
+    attention_width = width if attention_width is None else attention_width
+    mlp_width = 4 * width if mlp_width is None else mlp_width
+    return 4 * tokens * width * attention_width + 2 * tokens * width * mlp_width + 2 * tokens ** 2 * attention_width
+
+
+def spec_block_macs(spec: ViTSpec, tokens: int) -> float:
+    """MACs of one of ``spec``'s blocks on ``tokens`` tokens."""
+    return block_macs(tokens, spec.width, spec.attention_width, spec.mlp_width)
 
 
 def suffix_tokens(spec: ViTSpec, keep: float, learnable_tokens: int = 0, fused: bool = False) -> int:
@@ -28,14 +36,14 @@ def blocks_macs(spec: ViTSpec, keep: float = 1.0, layer: int | None = None,
                 later_stages: tuple[tuple[int, float], ...] = ()) -> float:
     """MACs of the L blocks, with pruning at block ``layer`` (no pruning when keep is 1 and P is 0) and again at
     each of ``later_stages``."""
-    full = block_macs(spec.num_patches + 1, spec.width, spec.mlp_ratio)
+    full = spec_block_macs(spec, spec.num_patches + 1)
     if layer is None:
         return spec.layers * full
     check_layer(layer, spec)
     check_stages(layer, keep, later_stages, spec.layers)
     starts = [layer, *(block for block, _ in later_stages), spec.layers]
     counts = stage_counts(keep, later_stages, spec.num_patches)
-    pruned = sum((stop - start) * block_macs(1 + count + int(fused) + learnable_tokens, spec.width, spec.mlp_ratio)
+    pruned = sum((stop - start) * spec_block_macs(spec, 1 + count + int(fused) + learnable_tokens)
                  for start, stop, count in zip(starts, starts[1:], counts))
     return layer * full + pruned
 

@@ -86,9 +86,8 @@ def cls_attention(block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     if not attention._qkv_same_embed_dim:
         raise PrtkInputError("cls-attention needs a self-attention block with a packed in-projection")
     hidden = block.ln_1(tokens)  # [B, T, D]
-    batch, length, width = hidden.shape
-    heads = attention.num_heads
-    head_width = width // heads
+    batch, length, _ = hidden.shape
+    heads, head_width = attention.num_heads, attention.head_dim
     weight_q, weight_k, _ = attention.in_proj_weight.chunk(3)
     bias_q, bias_k = (None, None)
     if attention.in_proj_bias is not None:

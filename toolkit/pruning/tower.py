@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from prtk.core.errors import PrtkInputError
 from prtk.pruning.scorers import ClsAttentionScorer, ScorerInput, TokenScorer
-from prtk.models.vit import ViTSpec, embed_tokens, project_tokens, vision_transformer
+from prtk.models.vit import ViTSpec, embed_tokens, project_tokens, run_blocks, vision_transformer
 
 
 def keep_count(keep: float, num_patches: int) -> int:
@@ -127,11 +127,7 @@ class PrunedVisionTower(nn.Module):
 
     def _run_blocks(self, tokens: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Apply resblocks[start:stop] to batch-first tokens [B, T, D]."""
-        transformer = self.visual.transformer
-        x = tokens if transformer.batch_first else tokens.transpose(0, 1)
-        for block in transformer.resblocks[start:stop]:
-            x = block(x)
-        return x if transformer.batch_first else x.transpose(0, 1)
+        return run_blocks(self.visual, tokens, start, stop)
 
     def prefix(self, images: torch.Tensor, rankings: torch.Tensor | None = None) -> ScorerInput:
         """Embed images [B,3,H,W] and run blocks[0:l]; blocks below l run once per image."""
