@@ -55,11 +55,6 @@ class NarrowAttention(nn.MultiheadAttention):
         return (output if self.batch_first else output.transpose(0, 1)), None
 
 
-def attention_width(attention: nn.MultiheadAttention) -> int:
-    """``A`` = heads x head width of a block's attention (``D`` for open_clip's own)."""
-    return attention.num_heads * attention.head_dim
-
-
 def narrow_attention(visual: nn.Module, heads: int) -> None:
     """Give every block of open_clip image tower ``visual`` a ``NarrowAttention`` of ``heads`` heads of its
     current head width (initialised as ``nn.MultiheadAttention`` is; a checkpoint usually replaces them)."""

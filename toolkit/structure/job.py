@@ -19,8 +19,8 @@ import torch
 from prtk import __version__
 from prtk.core.console import progress_bar
 from prtk.core.errors import PrtkInputError
-from prtk.core.files import check_writable, commit_together, finish_commits, prepare_run_folder, write_bytes_atomic
-from prtk.core.files import write_json_atomic
+from prtk.core.files import (check_writable, commit_together, finish_commits, prepare_run_folder, write_bytes_atomic,
+                             write_json_atomic)
 from prtk.data.folder import ImageFolderDataset, class_display_name
 from prtk.models import LoadedClip, load_clip
 from prtk.models.zeroshot import class_embeddings
