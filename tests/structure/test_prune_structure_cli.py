@@ -1,5 +1,5 @@
 """``prtk prune-structure`` end to end on the shapes test bed, and the smaller model through every later command:
-rank, train, export (with the pack), validate and bench, whose sidecar records the lineage."""
+eval, rank, train, export (with the pack), validate and bench, whose sidecar records the lineage."""
 
 from __future__ import annotations
 
@@ -47,11 +47,14 @@ def test_prune_structure_writes_a_smaller_model_with_its_card(smaller):
                                                             f"{name}.card.json", "result.json"])
 
 
-def test_the_smaller_model_goes_through_rank_train_export_validate_bench(smaller, run_cli, shapes_dir, tmp_path):
+def test_the_smaller_model_goes_through_eval_rank_train_export_validate_bench(smaller, run_cli, shapes_dir, tmp_path):
     out, _ = smaller
     name = "prtk-testbed-shapes-h3m192d5"
     model = ["--model-config", out / f"{name}.json", "--checkpoint", out / f"{name}.safetensors"]
     ranking, pack = tmp_path / "ranking.prtk", tmp_path / "pack.prtk"
+    result = run_cli("eval", *model, "--data", shapes_dir, "--keep", "0.6", "--json", tmp_path / "eval.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "eval.json").read_text())["architecture"]["heads"] == 3
     result = run_cli("rank", *model, "--data", shapes_dir, "--out", ranking, "--layer", "2", "--step", "8")
     assert result.exit_code == 0, result.output
     result = run_cli("train", *model, "--ranking", ranking, "--data", shapes_dir, "--out", pack, "--keep", "0.6",
