@@ -26,7 +26,7 @@ from prtk.export.exporter import ExportConfig, export_models
 from prtk.export.levels import OPTIMIZE_LEVELS
 from prtk.pruning.cost import block_cost_ratio
 from prtk.pruning.tower import keep_count
-from speed_report import seconds
+from speed_report import paired, time_round_robin
 
 
 def arguments():
@@ -51,24 +51,6 @@ def arguments():
     return args
 
 
-def paired(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
-    """Median over rounds of ``times[numerator][i] / times[denominator][i]`` (a speedup of ``denominator``)."""
-    return statistics.median(a / b for a, b in zip(times[numerator], times[denominator], strict=True))
-
-
-def time_round_robin(sessions: dict, images: np.ndarray, runs: int) -> dict[str, list[float]]:
-    """Seconds per run of every session, one run each per round, the order rotated every round."""
-    names = list(sessions)
-    for name in names:  # warm-up: allocation and kernel choice stay out of the timings
-        seconds(sessions[name].run, None, {"images": images})
-    times = {name: [] for name in names}
-    for round_index in range(runs):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(seconds(sessions[name].run, None, {"images": images}))
-    return times
-
-
 def main() -> None:
     args = arguments()
     check_json(args)
@@ -90,7 +72,7 @@ def main() -> None:
               f"cost-model bound keep/full {bound:.2f}x")
         for batch in args.batches:
             images = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
-            times = time_round_robin(sessions, images, args.runs)
+            times = time_round_robin(sessions, {"images": images}, args.runs)
             medians = {name: statistics.median(values) for name, values in times.items()}
             print(f"batch {batch}")
             for name, value in medians.items():

@@ -33,6 +33,26 @@ def seconds(run: Callable, *args) -> float:
     return time.perf_counter() - start
 
 
+def paired(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over rounds of ``times[numerator][i] / times[denominator][i]`` (a speedup of ``denominator``)."""
+    return statistics.median(a / b for a, b in zip(times[numerator], times[denominator], strict=True))
+
+
+def time_round_robin(sessions: dict, feed: dict, rounds: int, iterations: int = 1) -> dict[str, list[float]]:
+    """Seconds per run of every ONNX Runtime session on ``feed``, ``iterations`` runs each per round, the order
+    rotated every round so that machine noise hits all alike."""
+    names = list(sessions)
+    for name in names:  # warm-up: allocation and kernel choice stay out of the timings
+        sessions[name].run(None, feed)
+    times = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(seconds(lambda: [sessions[name].run(None, feed) for _ in range(iterations)])
+                               / iterations)
+    return times
+
+
 def report_speedup(header: str, times: dict[str, list[float]], spec: ViTSpec, keep: float, layer: int, batch: int,
                    args: argparse.Namespace, settings: dict) -> float:
     """Print the median of each entry of ``times`` (seconds; the first is the baseline, the second the pruned

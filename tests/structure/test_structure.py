@@ -7,11 +7,9 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save
 
 from conftest import SimulatedKill
 from prtk.core.errors import PrtkInputError
-from prtk.core.files import write_bytes_atomic, write_json_atomic
 from prtk.models import load_clip
 from prtk.models.structure import NarrowAttention
 from prtk.pruning.cost import block_macs, gflops, vision_macs
@@ -19,7 +17,7 @@ from prtk.structure.distillation import DistillConfig, DistillTargets, distill
 from prtk.structure.metric import Calibration, module_errors
 from prtk.structure.modules import TowerModule, block_modules, magnitude, removed, width_modules
 from prtk.structure.selection import StructureShape, keep_per_block, random_scores, resolve_shape
-from prtk.structure.surgery import KeptModules, pruned_config, pruned_state
+from prtk.structure.surgery import KeptModules, write_model
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +29,10 @@ def images(count=6, seed=0):
     return torch.randn(count, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
 
 
-def write_model(clip, kept, shape, folder, name):
-    config = pruned_config(clip, shape.heads, shape.mlp_width, shape.depth, {"note": "test"})
-    write_json_atomic(folder / f"{name}.json", config)
-    write_bytes_atomic(folder / f"{name}.safetensors", save(pruned_state(clip, kept)))
-    return load_clip(name, config=folder / f"{name}.json", checkpoint=folder / f"{name}.safetensors"), config
+def write_test_model(clip, kept, shape, folder, name):
+    """The smaller model as ``prune_structure`` writes it, and its config as written."""
+    smaller = write_model(clip, kept, shape, folder, name, {"note": "test"})
+    return smaller, json.loads((folder / f"{name}.json").read_text())
 
 
 def test_the_written_model_computes_what_removal_in_place_computes(shapes_bed, tmp_path):
@@ -44,7 +41,7 @@ def test_the_written_model_computes_what_removal_in_place_computes(shapes_bed, t
     heads = {b: (0, 2, 3) if b != 2 else (1, 2, 3) for b in range(spec.layers)}
     groups = {b: tuple(g for g in range(8) if g not in (b % 4, 5)) for b in range(spec.layers)}
     kept = KeptModules((0, 1, 2, 3, 5), heads, groups, group)
-    smaller, config = write_model(shapes_bed, kept, StructureShape(3, 192, 5), tmp_path, "shapes-h3m192d5")
+    smaller, config = write_test_model(shapes_bed, kept, StructureShape(3, 192, 5), tmp_path, "shapes-h3m192d5")
     assert smaller.spec.heads == 3 and smaller.spec.mlp_width == 192 and smaller.spec.layers == 5
     assert smaller.spec.attention_width == 96 and smaller.spec.width == 128
     assert isinstance(smaller.visual.transformer.resblocks[0].attn, NarrowAttention)
@@ -64,7 +61,7 @@ def test_the_written_model_computes_what_removal_in_place_computes(shapes_bed, t
 
 def test_configs_without_removed_heads_are_plain_open_clip(shapes_bed, tmp_path):
     kept = KeptModules((0, 2, 4, 5), {b: (0, 1, 2, 3) for b in range(6)}, {b: tuple(range(6)) for b in range(6)}, 32)
-    smaller, config = write_model(shapes_bed, kept, StructureShape(4, 192, 4), tmp_path, "shapes-h4m192d4")
+    smaller, config = write_test_model(shapes_bed, kept, StructureShape(4, 192, 4), tmp_path, "shapes-h4m192d4")
     assert "vision_heads" not in config and config["vision_cfg"]["mlp_ratio"] * 128 == 192
     assert type(smaller.visual.transformer.resblocks[0].attn) is torch.nn.MultiheadAttention
     bad = dict(config, vision_heads=5)
@@ -161,11 +158,11 @@ def test_distillation_resumes_to_the_same_weights(shapes_bed, tmp_path):
 
     students = []
     for run in ("whole", "resumed"):
-        student, _ = write_model(shapes_bed, kept, StructureShape(3, 128, 6), tmp_path, f"shapes-{run}")
+        student, _ = write_test_model(shapes_bed, kept, StructureShape(3, 128, 6), tmp_path, f"shapes-{run}")
         if run == "resumed":
             with pytest.raises(SimulatedKill):
                 distill(student.visual, targets, config, tmp_path / f"{run}.pt", kill_in_second_epoch)
-            student, _ = write_model(shapes_bed, kept, StructureShape(3, 128, 6), tmp_path, f"shapes-{run}")
+            student, _ = write_test_model(shapes_bed, kept, StructureShape(3, 128, 6), tmp_path, f"shapes-{run}")
         history = distill(student.visual, targets, config, tmp_path / f"{run}.pt")
         students.append(student.visual.state_dict())
         assert [record["epoch"] for record in history] == [1, 2]
@@ -181,7 +178,7 @@ def test_narrow_towers_export_and_match_at_every_level(shapes_bed, tmp_path, lev
     from prtk.export.exporter import ExportConfig, export_models
 
     kept = KeptModules((0, 1, 2, 4, 5), {b: (0, 1, 3) for b in range(6)}, {b: tuple(range(6)) for b in range(6)}, 32)
-    smaller, _ = write_model(shapes_bed, kept, StructureShape(3, 192, 5), tmp_path, f"shapes-narrow-{level}")
+    smaller, _ = write_test_model(shapes_bed, kept, StructureShape(3, 192, 5), tmp_path, f"shapes-narrow-{level}")
     check_images, _ = load_check_images(smaller.preprocess, 64, None, 4)
     records = export_models(smaller, ExportConfig(keeps=(0.6,), full=True, optimize=level), tmp_path / "onnx",
                             check_images)

@@ -27,6 +27,7 @@ class StructureKeys:
 
 
 _structure_keys: dict[str, StructureKeys] = {}  # model name -> its config's prtk keys
+_open_clip_copies: Path | None = None  # folder of the configs without prtk keys, as open_clip reads them
 
 
 def register_builtin_configs() -> None:
@@ -75,11 +76,21 @@ def register_config_file(path: str | Path) -> str:
         raise PrtkInputError(f"model config {path}: {problem}")
     plain, heads, lineage = split_config(config)
     _structure_keys[path.stem] = StructureKeys(heads, lineage)
-    if plain != config:  # open_clip takes only its own keys: register a copy without prtk's
-        path = Path(tempfile.mkdtemp(prefix="prtk-config-")) / path.name
-        path.write_text(json.dumps(plain))
-    _register_config_path(path)
+    _register_config_path(path if plain == config else _open_clip_copy(path, plain))
     return path.stem
+
+
+def _open_clip_copy(path: Path, plain: dict) -> Path:
+    """The copy of config ``path`` without prtk's keys that open_clip reads: one file per model name in one
+    folder per process, rewritten (and registered again) only when its content changes."""
+    global _open_clip_copies
+    if _open_clip_copies is None:
+        _open_clip_copies = Path(tempfile.mkdtemp(prefix="prtk-configs-"))
+    copy, text = _open_clip_copies / path.name, json.dumps(plain)
+    if not copy.exists() or copy.read_text() != text:
+        copy.write_text(text)
+        _registered_config_dirs.discard(str(copy))
+    return copy
 
 
 def structure_keys(name: str) -> StructureKeys:

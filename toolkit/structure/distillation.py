@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prtk.core.files import load_torch_state, write_torch_atomic
+from prtk.models.zeroshot import zero_shot_logits
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,8 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, targets: Dis
     """Mean per-image loss: embedding cosine distance (+ zero-shot-logit KL with a classifier)."""
     loss = 1 - F.cosine_similarity(student, teacher, dim=-1)
     if targets.classifier is not None:
-        scale = targets.logit_scale
-        student_logits = scale * F.normalize(student, dim=-1) @ targets.classifier.T
-        teacher_logits = scale * F.normalize(teacher, dim=-1) @ targets.classifier.T
+        student_logits = targets.logit_scale * zero_shot_logits(student, targets.classifier)
+        teacher_logits = targets.logit_scale * zero_shot_logits(teacher, targets.classifier)
         loss = loss + F.kl_div(student_logits.log_softmax(-1), teacher_logits.log_softmax(-1), log_target=True,
                                reduction="none").sum(-1)
     return loss.mean()
@@ -120,7 +120,7 @@ def held_out_scores(visual: nn.Module, targets: DistillTargets, rows: torch.Tens
         teacher = targets.teacher[batch]
         loss += float(distillation_loss(student, teacher, targets)) * len(batch)
         if targets.classifier is not None:
-            agree += int(((student @ targets.classifier.T).argmax(1) == (teacher @ targets.classifier.T).argmax(1))
-                         .sum())
+            agree += int((zero_shot_logits(student, targets.classifier).argmax(1)
+                          == zero_shot_logits(teacher, targets.classifier).argmax(1)).sum())
     return {"held_out_loss": loss / len(rows),
             "held_out_agreement": 100.0 * agree / len(rows) if targets.classifier is not None else None}

@@ -22,14 +22,14 @@ from prtk.core.errors import PrtkInputError
 from prtk.core.files import (check_writable, commit_together, finish_commits, prepare_run_folder, write_bytes_atomic,
                              write_json_atomic)
 from prtk.data.folder import ImageFolderDataset, class_display_name
-from prtk.models import LoadedClip, load_clip
-from prtk.models.zeroshot import class_embeddings
+from prtk.models import LoadedClip
+from prtk.models.zeroshot import class_embeddings, topk_correct, zero_shot_logits
 from prtk.pruning.cost import gflops, vision_macs
 from prtk.structure.distillation import DistillConfig, DistillTargets, distill
 from prtk.structure.metric import Calibration, ModuleError, module_errors
 from prtk.structure.modules import TowerModule, block_modules, magnitude, width_modules
 from prtk.structure.selection import SELECTIONS, StructureShape, keep_per_block, random_scores, resolve_shape
-from prtk.structure.surgery import KeptModules, pruned_config, pruned_state
+from prtk.structure.surgery import KeptModules, write_model
 
 METRICS = ("zero-shot", "similarity")
 
@@ -134,8 +134,8 @@ def prune_structure(clip: LoadedClip, data_root: str | Path, out: str | Path, co
     kept_groups = {b: keep_per_block(width_scores, "mlp", b, shape.mlp_width // group) for b in range(spec.layers)}
     kept = KeptModules(tuple(range(spec.layers)), kept_heads, kept_groups, group)
     if shape.depth < spec.layers:
-        narrow = _write_model(clip, kept, StructureShape(shape.heads, shape.mlp_width, spec.layers), run,
-                              f"{name}.width", {"stage": "width-pruned, before depth pruning"})
+        narrow = write_model(clip, kept, StructureShape(shape.heads, shape.mlp_width, spec.layers), run,
+                             f"{name}.width", {"stage": "width-pruned, before depth pruning"})
         depth_scores, depth_errors = _importance(narrow, block_modules(spec), config, calibration, group,
                                                  run / "depth_errors.json", "depth")
         errors += depth_errors
@@ -147,7 +147,7 @@ def prune_structure(clip: LoadedClip, data_root: str | Path, out: str | Path, co
                "removed": kept.removed(spec.layers, spec.heads, spec.mlp_width // group)}
     if clip.lineage is not None:
         lineage["parent_lineage"] = clip.lineage
-    student = _write_model(clip, kept, shape, run, name, lineage)
+    student = write_model(clip, kept, shape, run, name, lineage)
 
     top1 = {"parent": _top1(clip, images, labels, classifier, config.batch_size),
             "pruned": _top1(student, images, labels, classifier, config.batch_size)}
@@ -191,25 +191,13 @@ def _importance(clip: LoadedClip, modules: list[TowerModule], config: StructureC
     return {error.module: error.rank_key for error in errors}, errors
 
 
-def _write_model(parent: LoadedClip, kept: KeptModules, shape: StructureShape, folder: Path, name: str,
-                 lineage: dict) -> LoadedClip:
-    """Write the pruned model's config and weights into ``folder`` and load them back as a model."""
-    from safetensors.torch import save
-
-    config = pruned_config(parent, shape.heads, shape.mlp_width, shape.depth, lineage)
-    write_json_atomic(folder / f"{name}.json", config)
-    write_bytes_atomic(folder / f"{name}.safetensors", save(pruned_state(parent, kept)))
-    return load_clip(name, config=folder / f"{name}.json", checkpoint=folder / f"{name}.safetensors")
-
-
 @torch.inference_mode()
 def _top1(clip: LoadedClip, images: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor,
           batch_size: int) -> float:
     """Zero-shot top-1 (%) of ``clip`` on preprocessed ``images``."""
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        embedding = clip.visual(images[start:start + batch_size])
-        correct += int((embedding @ classifier.T).argmax(1).eq(labels[start:start + batch_size]).sum())
+    correct = sum(topk_correct(zero_shot_logits(clip.visual(images[start:start + batch_size]), classifier),
+                               labels[start:start + batch_size], ks=(1,))[1]
+                  for start in range(0, len(images), batch_size))
     return 100.0 * correct / len(images)
 
 

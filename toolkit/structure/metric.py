@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from prtk.core.errors import PrtkInputError
 from prtk.core.files import write_json_atomic
 from prtk.models.vit import embed_tokens, project_tokens, run_blocks
+from prtk.models.zeroshot import topk_correct, zero_shot_logits
 from prtk.structure.modules import TowerModule, removed
 
 
@@ -91,7 +92,7 @@ def module_errors(visual: nn.Module, calibration: Calibration, modules: list[Tow
 def _correct(embedding: torch.Tensor, labels: torch.Tensor | None, classifier: torch.Tensor | None) -> int:
     if labels is None:
         return 0
-    return int(((F.normalize(embedding, dim=-1) @ classifier.T).argmax(dim=1) == labels).sum())
+    return topk_correct(zero_shot_logits(embedding, classifier), labels, ks=(1,))[1]
 
 
 def _resume(state_path: Path, run_key: dict, modules: list[TowerModule]) -> dict:

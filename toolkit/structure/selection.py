@@ -71,11 +71,11 @@ def resolve_shape(spec: ViTSpec, heads: int | None, mlp: int | None, depth: int 
         choices = itertools.product(range(1, spec.layers + 1) if depth is None else [depth],
                                     range(1, spec.heads + 1) if heads is None else [heads],
                                     range(mlp_group, spec.mlp_width + 1, mlp_group) if mlp is None else [mlp])
-        fitting = [StructureShape(h, m, d) for d, h, m in choices
-                   if StructureShape(h, m, d).gflops(spec) <= target_gflops]
+        costs = {shape: shape.gflops(spec) for shape in (StructureShape(h, m, d) for d, h, m in choices)}
+        fitting = [shape for shape, cost in costs.items() if cost <= target_gflops]
         if not fitting:
             raise PrtkInputError(f"--gflops {target_gflops:g} is below the smallest shape the other targets allow")
-        shape = max(fitting, key=lambda s: (s.gflops(spec), s.depth, s.heads))
+        shape = max(fitting, key=lambda s: (costs[s], s.depth, s.heads))
     if shape == StructureShape(spec.heads, spec.mlp_width, spec.layers):
         raise PrtkInputError("the targets remove nothing: ask for fewer heads, MLP channels or blocks")
     return shape

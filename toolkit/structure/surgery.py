@@ -9,11 +9,15 @@ import copy
 import math
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import torch
 
-from prtk.models import LoadedClip, import_open_clip
+from prtk.core.files import write_bytes_atomic, write_json_atomic
+from prtk.models import LoadedClip, import_open_clip, load_clip
 from prtk.models.configs import register_builtin_configs, structure_keys
 from prtk.models.structure import HEADS_KEY, LINEAGE_KEY
+from prtk.structure.selection import StructureShape
 
 BLOCKS = "visual.transformer.resblocks."
 
@@ -94,3 +98,15 @@ def pruned_config(clip: LoadedClip, heads: int, mlp_width: int, depth: int, line
         config[HEADS_KEY] = heads
     config[LINEAGE_KEY] = lineage
     return config
+
+
+def write_model(parent: LoadedClip, kept: KeptModules, shape: StructureShape, folder: Path, name: str,
+                lineage: dict) -> LoadedClip:
+    """Write the pruned model's config ``folder/NAME.json`` and weights ``folder/NAME.safetensors`` and load them
+    back as a model."""
+    from safetensors.torch import save
+
+    write_json_atomic(folder / f"{name}.json", pruned_config(parent, shape.heads, shape.mlp_width, shape.depth,
+                                                            lineage))
+    write_bytes_atomic(folder / f"{name}.safetensors", save(pruned_state(parent, kept)))
+    return load_clip(name, config=folder / f"{name}.json", checkpoint=folder / f"{name}.safetensors")
