@@ -20,6 +20,7 @@ the run (any backend, any variant).
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
@@ -65,7 +66,7 @@ class BenchConfig:
     keeps: tuple[float, ...] = (0.5, 0.6, 0.7)
     pack: str | None = None
     tokens: bool = True  # the pack's learnable tokens
-    scorer: str = "cls-attention"
+    scorer: str | None = None  # without a pack: cls-attention (None) or fixed-random
     layer: int | None = None
     optimize: str = DEFAULT_LEVEL  # the exported graphs' level (prtk.export.levels)
     backends: tuple[str, ...] = ("torch", "onnxruntime")
@@ -95,9 +96,13 @@ class BenchConfig:
         """Refuse what cannot be exported or timed (``check_timing``) as asked."""
         self.check_timing()
         check_keeps(self.keeps)
+        if self.pack is not None and self.scorer is not None:
+            raise PrtkInputError(f"--scorer {self.scorer} is for benches without --pack: the pack's predictor scores "
+                                 "the patches")
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
             raise PrtkInputError(f"variants must be among {', '.join(VARIANTS)}, got {','.join(self.variants)!r}")
+        _refuse_repeats("--variants", self.variants)
         for variant in self.variants:
             if not any(variant in BACKEND_VARIANTS[backend] for backend in self.backends):
                 raise PrtkInputError(f"no backend among {', '.join(self.backends)} runs {variant} (it runs on "
@@ -122,6 +127,8 @@ class BenchConfig:
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown or not self.backends:
             raise PrtkInputError(f"backends must be among {', '.join(BACKENDS)}, got {','.join(self.backends)!r}")
+        _refuse_repeats("--backend", self.backends)
+        _refuse_repeats("--batch", self.batches)
         if "openvino" in self.backends and self.device != "cpu":
             raise PrtkInputError(f"OpenVINO runs here on the CPU: bench it with --device cpu, not {self.device}")
         if not self.batches or min(self.batches) < 1:
@@ -131,8 +138,16 @@ class BenchConfig:
         if self.precision != "fp32" and self.device == "cpu":
             raise PrtkInputError(f"{self.precision} is for GPUs: pass --device cuda, or --precision fp32 on CPU")
         timing = self.timing
-        if timing.warmup < 0 or timing.min_iterations < 1 or timing.min_seconds < 0:
-            raise PrtkInputError("warm-up must be >= 0, iterations >= 1 and seconds >= 0")
+        if timing.warmup < 0 or timing.min_iterations < 1 or not 0 <= timing.min_seconds < math.inf:
+            raise PrtkInputError(f"warm-up must be >= 0, iterations >= 1 and seconds a finite number >= 0, got "
+                                 f"{timing.warmup}, {timing.min_iterations} and {timing.min_seconds:g}")
+
+
+def _refuse_repeats(option: str, values: Sequence) -> None:
+    """Refuse a list option that names one value twice (it would be timed twice, as two contenders)."""
+    repeated = next((value for index, value in enumerate(values) if value in values[:index]), None)
+    if repeated is not None:
+        raise PrtkInputError(f"{option} names {repeated} twice")
 
 
 @dataclass
@@ -275,11 +290,16 @@ def collect_artifacts(targets: Sequence[str | Path]) -> list[ArtifactFile]:
             found = sorted(p for p in target.iterdir() if p.suffix in (".onnx", ".engine"))
             if not found:
                 raise PrtkInputError(f"no .onnx or .engine file in {target}")
-            paths += found
         elif target.is_file():
-            paths.append(target)
+            found = [target]
         else:
             raise PrtkInputError(f"artifact not found: {target}")
+        for path in found:
+            twice = next((seen for seen in paths if seen.resolve() == path.resolve()), None)
+            if twice is not None:
+                raise PrtkInputError(f"{path} is given twice" + (f" (in {target})" if target.is_dir() else "")
+                                     + ": name each artifact or folder once")
+            paths.append(path)
     artifacts = [ArtifactFile.read(path) for path in paths]
     origins = {_origin(artifact) for artifact in artifacts}
     if len(origins) > 1:
@@ -320,8 +340,9 @@ def plan_contenders(artifacts: list[ArtifactFile], backends: Sequence[str],
         for contender in found:
             twin = next((c for c in contenders + found if c.key == contender.key and c is not contender), None)
             if twin is not None:
+                tower = "unpruned" if contender.keep is None else f"at keep {contender.keep:g}"
                 raise PrtkInputError(f"{twin.artifact.path.name} and {contender.artifact.path.name} are both {backend} "
-                                     f"{contender.variant} at keep {contender.keep}: bench them separately")
+                                     f"{contender.variant} {tower}: bench them separately")
         for found_variant in dict.fromkeys(c.variant for c in found):
             if not any(c.variant == found_variant and c.keep is None for c in found):
                 raise PrtkInputError(f"no unpruned {found_variant} tower among the artifacts for {backend} to compare "

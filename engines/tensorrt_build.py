@@ -8,15 +8,16 @@ shared by the builds of one folder, read before and updated after each.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
 import onnx
 
-from prtk.core.files import check_not_an_input, check_writable, write_bytes_atomic, write_json_atomic
+from prtk.core.files import (check_not_an_input, check_writable, commit_together, folder_writer_lock,
+                             write_bytes_atomic, write_json_atomic)
 from prtk.core.errors import PrtkInputError
+from prtk.export.artifact import ArtifactFile
 from prtk.export.onnx_graph import custom_domains, load_graph
 
 from .tensorrt_adapter import build_engine_bytes, require_tensorrt
@@ -78,8 +79,10 @@ def engine_sources(target: str | Path, precision: str, force: bool) -> list[Path
 def check_buildable(onnx_path: Path, precision: str) -> onnx.ModelProto:
     """Refuse, in one line, a graph TensorRT cannot build at ``precision``: operators outside ONNX's own domain
     (``--optimize O2``), dynamic quantization (``--quantize int8-dynamic``), an int8 build from a graph without
-    Q/DQ nodes (TensorRT 10 builds int8 from explicit quantization only), a float build from a Q/DQ graph.
-    Returns the graph, as read."""
+    Q/DQ nodes (TensorRT 10 builds int8 from explicit quantization only), a float build from a Q/DQ graph, a graph
+    whose description does not list TensorRT among its runtimes (its export's TensorRT check failed), and a
+    sidecar that is not the graph's own description. Returns the graph, as read."""
+    artifact = ArtifactFile.read(onnx_path)
     model = load_graph(onnx_path)
     domains = custom_domains(model)
     if domains:
@@ -94,6 +97,11 @@ def check_buildable(onnx_path: Path, precision: str) -> onnx.ModelProto:
                              "quantization; export with --quantize int8-static --calib-data DIR")
     if precision != "int8" and QDQ_OPS <= ops:
         raise PrtkInputError(f"{onnx_path.name} is a Q/DQ (int8-static) graph: build it with --precision int8")
+    if "tensorrt" not in artifact.sidecar["runtimes"]:
+        failed = next((check for check in artifact.sidecar["checks"] if check["name"] == "tensorrt"), None)
+        raise PrtkInputError(f"{onnx_path.name} is not for TensorRT (its runtimes: "
+                             f"{', '.join(artifact.sidecar['runtimes']) or 'none'})"
+                             + (f": its export's TensorRT check failed ({failed['detail']})" if failed else ""))
     return model
 
 
@@ -103,7 +111,8 @@ def build_engines(sources: list[Path], config: EngineConfig, force: bool = False
     require_tensorrt()
     cache = config.timing_cache or str(sources[0].parent / "timing.cache")
     for source in sources:
-        yield build_engine(source, replace(config, timing_cache=cache), force)
+        with folder_writer_lock(source.parent, "build-engine"):
+            yield build_engine(source, replace(config, timing_cache=cache), force)
 
 
 def build_engine(onnx_path: str | Path, config: EngineConfig, force: bool = False) -> Path:
@@ -120,8 +129,7 @@ def build_engine(onnx_path: str | Path, config: EngineConfig, force: bool = Fals
     cache = Path(config.timing_cache) if config.timing_cache else None
     built = build_engine_bytes(onnx_path, image.name, shape, config.precision, config.batch, config.workspace_gib,
                                cache)
-    write_bytes_atomic(out, built.engine)
-    write_json_atomic(out.with_suffix(".json"), _onnx_sidecar(onnx_path) | {"tensorrt": {
+    write_engine(out, built.engine, ArtifactFile.read(onnx_path).sidecar | {"files": [out.name], "tensorrt": {
         "version": built.tensorrt_version, "gpu": built.gpu, "compute_capability": built.compute_capability,
         "builder": built.builder, "precision": config.precision,
         "batch_profile": dict(zip(("min", "opt", "max"), config.batch, strict=True)),
@@ -129,6 +137,13 @@ def build_engine(onnx_path: str | Path, config: EngineConfig, force: bool = Fals
     return out
 
 
-def _onnx_sidecar(onnx_path: Path) -> dict:
-    sidecar = onnx_path.with_suffix(".json")
-    return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+def write_engine(out: Path, engine: bytes, sidecar: dict) -> None:
+    """Write a serialized engine and its sidecar to a staging folder beside ``out``, then move the pair into place
+    together (``commit_together``): an engine is never found beside another engine's sidecar."""
+    staging = out.with_name(f".{out.stem}.staging")
+    staging.mkdir(exist_ok=True)
+    staged = (staging / out.name, staging / out.with_suffix(".json").name)
+    write_bytes_atomic(staged[0], engine)
+    write_json_atomic(staged[1], sidecar)
+    commit_together(out.stem, [(staged[0], out), (staged[1], out.with_suffix(".json"))])
+    staging.rmdir()

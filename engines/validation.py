@@ -14,6 +14,7 @@ sidecar, or a corrupt graph, is bad input.
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,9 +52,20 @@ class Thresholds:
 
     @classmethod
     def for_precision(cls, precision: str, **overrides) -> Thresholds:
+        """The defaults for ``precision``, with the ``overrides`` that are not None (each checked against
+        ``THRESHOLD_RANGES``)."""
         half = cls(99.5, 0.999, 1e-2, 1e-2)
         base = {"fp32": cls(99.9, 0.9999, 1e-4, 1e-4), "fp16": half, "bf16": half, "int8": INT8_THRESHOLDS}[precision]
-        return cls(**(asdict(base) | {key: value for key, value in overrides.items() if value is not None}))
+        given = {key: value for key, value in overrides.items() if value is not None}
+        for key, value in given.items():
+            low, high = THRESHOLD_RANGES[key]
+            if not low <= value <= high:  # also refuses NaN
+                raise PrtkInputError(f"--{key.replace('_', '-')} must be in [{low:g}, {high:g}], got {value:g}")
+        return cls(**(asdict(base) | given))
+
+
+THRESHOLD_RANGES = {"min_agreement": (0.0, 100.0), "min_cosine": (-1.0, 1.0), "max_abs_diff": (0.0, math.inf),
+                    "max_relative_error": (0.0, math.inf), "max_accuracy_delta": (0.0, 100.0)}
 
 
 INT8_THRESHOLDS = Thresholds(99.0, 0.98, 0.1, 0.2, 0.5)  # worst-image criteria loose: int8 moves single images
@@ -124,8 +136,8 @@ def validate(clip: LoadedClip, artifact: ArtifactFile, data_root: str | Path, th
     from prtk.export.checks import kept_index_overlap
     from prtk.models.zeroshot import class_embeddings, zero_shot_logits
 
+    reference = artifact.reference(clip, pack_path)  # refuses a description its reference contradicts
     runner = artifact_runner(artifact, backend)
-    reference = artifact.reference(clip, pack_path)
     dataset = ImageFolderDataset(data_root, clip.preprocess, clip.spec.image_size, limit)
     classifier = class_embeddings(clip.model, clip.tokenizer, [class_display_name(c) for c in dataset.classes])
     columns: dict[str, list] = {name: [] for name in ("label", "unpruned", "pruned", "artifact", "cosine",
@@ -154,7 +166,8 @@ def validate(clip: LoadedClip, artifact: ArtifactFile, data_root: str | Path, th
         done += len(labels)
         if progress is not None:
             progress(done, len(dataset))
-    comparison = recorder.compare({"embedding": thresholds.max_abs_diff})
+    comparison = recorder.compare({"embedding": thresholds.max_abs_diff,
+                                   "logits": thresholds.max_abs_diff * reference.logit_scale})
     if results_path is not None:
         _save_results(recorder, Path(results_path), inputs_script(artifact.path, data_root, limit, batch_size))
     command = polygraphy_command(artifact, comparison, results_path)
@@ -187,13 +200,14 @@ def inputs_script(artifact_path: Path, data_root: str | Path, limit: int | None,
 
 
 def validation_feeds(artifact_path: str, data_root: str, limit: int | None, batch_size: int):
-    """The graph's input feeds ``{input name: [B,3,H,W] float32}`` of ``validate``'s batches: the same images,
-    preprocessed by the model the artifact was exported from, in the same order."""
+    """The graph's input feeds ``{input name: [B,3,H,W] float32}`` of ``validate``'s batches: the same images, in the
+    same order, preprocessed as the artifact's description says (which ``validate`` proved to be its model's own
+    transform), so no model is loaded: also one from ``--model-config`` / ``--checkpoint`` files."""
     from prtk.data.folder import ImageFolderDataset, make_loader
 
     artifact = ArtifactFile.read(artifact_path)
-    clip = artifact.reference_model()
-    dataset = ImageFolderDataset(data_root, clip.preprocess, clip.spec.image_size, limit)
+    preprocessing = artifact.preprocessing()
+    dataset = ImageFolderDataset(data_root, preprocessing.transform(), preprocessing.size, limit)
     for images, *_ in make_loader(dataset, batch_size, 0):
         yield {artifact.sidecar["input"]["name"]: images.numpy()}
 
@@ -210,10 +224,9 @@ def polygraphy_command(artifact: ArtifactFile, comparison: TensorComparison, res
 
 
 def runs_on(artifact: ArtifactFile, backend: str) -> bool:
-    """Whether ONNX runtime ``backend`` (``ONNX_BACKENDS``) runs the graph ``artifact``: its sidecar lists it, or, for
-    OpenVINO, the graph is standard ONNX (sidecars older than OpenVINO's support name only TensorRT)."""
-    runtimes = artifact.sidecar.get("runtimes", ["onnxruntime", "tensorrt"])
-    return backend in runtimes or (backend == "openvino" and "tensorrt" in runtimes)
+    """Whether ONNX runtime ``backend`` (``ONNX_BACKENDS``) runs the graph ``artifact``: its description lists it
+    (the runtimes of its level and quantization whose export checks passed)."""
+    return backend in artifact.sidecar["runtimes"]
 
 
 def check_backend(artifact: ArtifactFile, backend: str) -> None:
@@ -222,10 +235,9 @@ def check_backend(artifact: ArtifactFile, backend: str) -> None:
         return
     if backend not in ONNX_BACKENDS:
         raise PrtkInputError(f"an ONNX graph is validated on one of {', '.join(ONNX_BACKENDS)}, got {backend!r}")
-    runtimes = artifact.sidecar.get("runtimes", ["onnxruntime", "tensorrt"])
     if not runs_on(artifact, backend):
-        raise PrtkInputError(f"{artifact.path.name} runs on {', '.join(runtimes)} only (its sidecar's runtimes), "
-                             f"not on {backend}")
+        raise PrtkInputError(f"{artifact.path.name} runs on {', '.join(artifact.sidecar['runtimes']) or 'no runtime'} "
+                             f"only (its description's runtimes), not on {backend}")
 
 
 def artifact_runner(artifact: ArtifactFile, backend: str = "onnxruntime") -> Runner:

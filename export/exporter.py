@@ -15,22 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import onnx
 import torch
 
 from prtk import __version__
-from prtk.core.files import (check_not_an_input, check_writable, commit_together, finish_commits,
-                            write_json_atomic)
+from prtk.core.files import (check_distinct_outputs, check_not_an_input, check_writable, commit_together,
+                             finish_commits, folder_writer_lock, temporary_files_in, write_json_atomic)
 from prtk.core.errors import PrtkInputError
 from prtk.models import LoadedClip
 from prtk.pruning.spec import EXPORTABLE_BASELINES, NO_LANGUAGE_SIDE, TowerSpec, build_tower
 from prtk.pruning.tower import PrunedVisionTower, check_keeps
 
-from .artifact import describe, zero_shot_classifier
+from .artifact import describe, with_checks, zero_shot_classifier
 from .checks import CheckResult, Tolerance, check_onnx, check_runtime, check_tensorrt_readiness
 from .deployed import INPUT_NAME, DeployedTower
 from .lean_blocks import export_blocks
-from .levels import DEFAULT_LEVEL, OptimizeLevel, optimize_level
-from .onnx_graph import PROTOBUF_LIMIT, annotate, fold_constants, graph_structure, save_model, tidy, trace
+from .levels import DEFAULT_LEVEL, OptimizeLevel, graph_runtimes, optimize_level
+from .onnx_graph import (PROTOBUF_LIMIT, annotate, annotate_saved, fold_constants, graph_structure, save_model,
+                         tidy, trace)
 from .onnxruntime_ops import CUSTOM_OPSETS
 from .quantize import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD, CalibrationImages, QuantizationConfig,
                        load_calibration_images, quantize_graph)
@@ -47,11 +49,12 @@ def max_opset() -> int:
 
 @dataclass
 class ExportConfig:
-    """What to export. ``pack`` selects the predictor scorer; without it ``scorer`` is a baseline."""
+    """What to export. ``pack`` selects the predictor scorer; without it ``scorer`` is a baseline (None:
+    cls-attention); a baseline named beside a pack is refused, not ignored."""
 
     keeps: tuple[float, ...] = (0.6,)
     pack: str | None = None
-    scorer: str = "cls-attention"  # baseline without a pack: cls-attention or fixed-random
+    scorer: str | None = None  # baseline without a pack: cls-attention (None), fixed-random or elip
     layer: int | None = None  # baselines only; a pack has its own
     later_stages: tuple[tuple[int, float], ...] = ()  # (block, keep) stages after the first
     stage_scorer: str = "cls-attention"  # what ranks the patches at the later stages (or elip)
@@ -93,7 +96,10 @@ class ExportConfig:
                 raise PrtkInputError(f"--quantize int8-static is not available at --optimize {self.optimize}: ONNX "
                                      "Runtime's quantizer does not place Q/DQ around its fused operators; use O1")
             self.quantization.check()
-        if self.pack is None and self.scorer not in EXPORTABLE_BASELINES:
+        if self.pack is not None and self.scorer not in (None, "predictor"):
+            raise PrtkInputError(f"--scorer {self.scorer} is for exports without --pack: the pack's predictor "
+                                 "scores the patches (drop --scorer, or --pack for a baseline graph)")
+        if self.pack is None and self.tower_scorer not in EXPORTABLE_BASELINES:
             raise PrtkInputError(f"scorer must be one of {', '.join(EXPORTABLE_BASELINES)} without --pack, "
                                  f"got {self.scorer!r}")
         spec = self.tower_spec(self.keeps[0])
@@ -103,9 +109,14 @@ class ExportConfig:
 
     def tower_spec(self, keep: float) -> TowerSpec:
         """The pruned tower exported at ``keep``."""
-        return TowerSpec(keep=keep, scorer="predictor" if self.pack is not None else self.scorer, layer=self.layer,
+        return TowerSpec(keep=keep, scorer=self.tower_scorer, layer=self.layer,
                          later_stages=self.later_stages, stage_scorer=self.stage_scorer, fuse_dropped=self.fuse_dropped,
                          tokens=self.tokens, seed=self.seed)
+
+    @property
+    def tower_scorer(self) -> str:
+        """What scores the patches: ``predictor`` with a pack, else the baseline (cls-attention by default)."""
+        return "predictor" if self.pack is not None else self.scorer or "cls-attention"
 
     @property
     def quantization(self) -> QuantizationConfig | None:
@@ -126,9 +137,8 @@ class ExportConfig:
 
     @property
     def runtimes(self) -> tuple[str, ...]:
-        """Who runs the graphs: the level's runtimes, less TensorRT for int8-dynamic (no dynamic quantization)."""
-        runtimes = self.level.runtimes
-        return tuple(r for r in runtimes if r != "tensorrt") if self.quantize == "int8-dynamic" else runtimes
+        """Who can run the graphs (before their checks): ``graph_runtimes`` of the level and quantization."""
+        return graph_runtimes(self.optimize, self.quantize)
 
     @property
     def level(self) -> OptimizeLevel:
@@ -171,38 +181,64 @@ def export_name(model: str, keep: float | None, variant: str, later_stages: tupl
 def export_models(clip: LoadedClip, config: ExportConfig, out_dir: str | Path, check_images: torch.Tensor | None,
                   force: bool = False, progress: Callable[[int, int], None] | None = None) -> list[ExportRecord]:
     """Export ``config.keeps`` (and the full tower with ``config.full``) to ``out_dir``; ``check_images``
-    ``[n,3,H,W]`` (preprocessed) feed the ONNX Runtime check. Existing files are replaced only with ``force``."""
+    ``[n,3,H,W]`` (preprocessed) feed the ONNX Runtime check. Existing files are replaced only with ``force``; a
+    second process exporting into ``out_dir`` meanwhile is refused (``folder_writer_lock``)."""
     config.check_values()
     out_dir = Path(out_dir)
-    targets = check_export_outputs(clip.name, config, out_dir, force)
-    pack = load_export_pack(clip, config)
-    classifier = zero_shot_classifier(clip, config.classes)
-    modules = [deployed_tower(clip, config, pack, keep, classifier) for keep in targets]  # refuse before writing
-    calibration = (load_calibration_images(config.quantization, clip.preprocess, clip.spec.image_size)
-                   if config.quantize == "int8-static" else None)
-    records = []
-    for done, (keep, module) in enumerate(zip(targets, modules, strict=True)):
-        records.append(_export_one(clip, config, module, pack, keep, out_dir, check_images, calibration))
-        if progress is not None:
-            progress(done + 1, len(targets))
+    with folder_writer_lock(out_dir, "export"):
+        targets = check_export_outputs(clip.name, config, out_dir, force)
+        pack = load_export_pack(clip, config)
+        classifier = zero_shot_classifier(clip, config.classes)
+        modules = [deployed_tower(clip, config, pack, keep, classifier) for keep in targets]  # refuse before writing
+        calibration = (load_calibration_images(config.quantization, clip.preprocess, clip.spec.image_size)
+                       if config.quantize == "int8-static" else None)
+        _remove_abandoned_staging(out_dir)
+        records = []
+        for done, (keep, module) in enumerate(zip(targets, modules, strict=True)):
+            records.append(_export_one(clip, config, module, pack, keep, out_dir, check_images, calibration))
+            if progress is not None:
+                progress(done + 1, len(targets))
     return records
 
 
+def export_outputs(model: str, config: ExportConfig, out_dir: str | Path) -> dict[float | None, dict[str, Path]]:
+    """Per keep ratio (None: the unpruned tower), every path its export writes, by role: the graph, its weights
+    file, its sidecar, its staging folder and its commit journal."""
+    out_dir = Path(out_dir)
+    outputs = {}
+    for keep in [*config.keeps, *([None] if config.full else [])]:
+        stem = export_name(model, keep, config.variant, config.later_stages)
+        outputs[keep] = {"the graph": out_dir / f"{stem}.onnx", "the weights file": out_dir / f"{stem}.onnx.data",
+                         "the sidecar": out_dir / f"{stem}.json", "the staging folder": out_dir / f".{stem}.staging",
+                         "the commit journal": out_dir / f".{stem}.commit.json"}
+    return outputs
+
+
 def check_export_outputs(model: str, config: ExportConfig, out_dir: str | Path, force: bool,
-                         inputs: dict[str, str | None] | None = None) -> list[float | None]:
+                         inputs: dict[str, str | None] | None = None,
+                         others: dict[str, str | None] | None = None) -> list[float | None]:
     """The keep ratios to export (None: the unpruned tower), after refusing outputs that cannot be written: an
-    existing file without ``force``, or a file that is one of ``inputs`` (``{option: path}``). Finishes
-    interrupted commits first. (``check_keeps`` has refused ratios that share a file name.)"""
+    existing file without ``force``, a file that is one of ``inputs`` (``{option: path}``), or one that is
+    also another output of the command (``others``: ``{option: path}``, e.g. ``--json``), ``--force`` or not.
+    Finishes interrupted commits first. (``check_keeps`` has refused ratios that share a file name.)"""
     out_dir = Path(out_dir)
     finish_commits(out_dir)
-    targets: list[float | None] = [*config.keeps, *([None] if config.full else [])]
-    for keep in targets:
-        stem = export_name(model, keep, config.variant, config.later_stages)
-        for suffix in (".onnx", ".onnx.data", ".json"):
-            check_not_an_input(out_dir / f"{stem}{suffix}", inputs or {})
-        for suffix in (".onnx", ".json"):
-            check_writable(out_dir / f"{stem}{suffix}", force)
-    return targets
+    outputs = export_outputs(model, config, out_dir)
+    check_distinct_outputs([*(others or {}).items(), *(item for paths in outputs.values() for item in paths.items())])
+    for paths in outputs.values():
+        for role in ("the graph", "the weights file", "the sidecar"):
+            check_not_an_input(paths[role], inputs or {})
+        for role in ("the graph", "the sidecar"):
+            check_writable(paths[role], force)
+    return list(outputs)
+
+
+def _remove_abandoned_staging(out_dir: Path) -> None:
+    """Remove what killed exports left in ``out_dir`` (staging folders no journal refers to: ``finish_commits``
+    has completed every journal). Called under the folder's writer lock, so no other export is using them."""
+    for staging in out_dir.glob(".*.staging"):
+        if staging.is_dir():
+            shutil.rmtree(staging)
 
 
 def deployed_tower(clip: LoadedClip, config: ExportConfig, pack, keep: float | None,
@@ -228,30 +264,14 @@ def load_export_pack(clip: LoadedClip, config: ExportConfig):
 def _export_one(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack, keep: float | None,
                 out_dir: Path, check_images: torch.Tensor | None,
                 calibration: CalibrationImages | None = None) -> ExportRecord:
-    spec = clip.spec
-    example = torch.zeros(2, 3, spec.image_size, spec.image_size)
-    custom_opsets = None if config.level.portable else CUSTOM_OPSETS
-    with export_blocks(clip.visual, config.optimize):
-        traced = trace(module, example, INPUT_NAME, module.output_names, config.graph_opset, custom_opsets)
-    model = tidy(fold_constants(traced))
-    if config.fp16:
-        from .fp16 import convert_to_fp16
-
-        model = convert_to_fp16(model)
-    quantization = None
-    if config.quantization is not None:
-        float_prefix = isinstance(module.tower, PrunedVisionTower) and \
-            config.quantization.blocks_before_pruning == "float"
-        float_blocks = module.tower.layer if float_prefix else 0
-        model, quantization = quantize_graph(model, config.quantization, calibration, float_blocks)
-    meta = describe(clip, config, module, pack, keep, graph_structure(model), quantization)
-    annotate(model, {"prtk": json.dumps(meta, sort_keys=True)}, __version__)
     stem = export_name(clip.name, keep, config.variant, config.later_stages)
-    readiness = (check_tensorrt_readiness(model)  # before saving moves weights out
-                 if config.check and "tensorrt" in config.runtimes else None)
     staging = out_dir / f".{stem}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    with temporary_files_in(staging):  # the tracer's and the quantizer's files: removed with the staging folder
+        model, quantization = _graph(clip, config, module, calibration)
+    meta = describe(clip, config, module, pack, keep, graph_structure(model), quantization)
+    readiness = check_tensorrt_readiness(model) if config.check and "tensorrt" in config.runtimes else None
+    annotate(model, {"prtk": json.dumps(with_checks(meta, []), sort_keys=True)}, __version__)
     staged = save_model(model, staging / f"{stem}.onnx", config.external_threshold)
     checks = []
     if config.check:
@@ -260,7 +280,10 @@ def _export_one(clip: LoadedClip, config: ExportConfig, module: DeployedTower, p
             checks.append(check_runtime(staged[0], module, check_images, Tolerance.for_precision(config.precision)))
         if readiness is not None:
             checks.append(readiness)
-    sidecar = meta | {"files": [file.name for file in staged], "checks": [check.as_dict() for check in checks]}
+    meta = with_checks(meta, checks)  # the runtimes whose checks passed, and the checks: in the graph too
+    if checks:
+        annotate_saved(staged[0], {"prtk": json.dumps(meta, sort_keys=True)}, __version__)
+    sidecar = meta | {"files": [file.name for file in staged]}
     write_json_atomic(staging / f"{stem}.json", sidecar)
     path = out_dir / f"{stem}.onnx"
     files = [out_dir / file.name for file in staged]
@@ -271,12 +294,39 @@ def _export_one(clip: LoadedClip, config: ExportConfig, module: DeployedTower, p
     return ExportRecord(path=path, files=files, meta=sidecar, checks=checks)
 
 
+def _graph(clip: LoadedClip, config: ExportConfig, module: DeployedTower,
+           calibration: CalibrationImages | None) -> tuple[onnx.ModelProto, dict | None]:
+    """``module`` traced at ``config.optimize``, folded and tidied, in fp16 or quantized as ``config`` says; and
+    the quantization's description (None in float)."""
+    spec = clip.spec
+    example = torch.zeros(2, 3, spec.image_size, spec.image_size)
+    custom_opsets = None if config.level.portable else CUSTOM_OPSETS
+    with export_blocks(clip.visual, config.optimize):
+        traced = trace(module, example, INPUT_NAME, module.output_names, config.graph_opset, custom_opsets)
+    model = tidy(fold_constants(traced))
+    if config.fp16:
+        from .fp16 import convert_to_fp16
+
+        model = convert_to_fp16(model)
+    if config.quantization is None:
+        return model, None
+    float_prefix = isinstance(module.tower, PrunedVisionTower) and config.quantization.blocks_before_pruning == "float"
+    return quantize_graph(model, config.quantization, calibration, module.tower.layer if float_prefix else 0)
+
+
 def read_class_names(path: str | Path) -> tuple[str, ...]:
-    """Class names for ``--classes``: one per line, blank lines ignored."""
+    """Class names for ``--classes``: UTF-8 text, one per line, blank lines ignored."""
     path = Path(path)
     if not path.is_file():
         raise PrtkInputError(f"classes file not found: {path}")
-    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise PrtkInputError(f"classes file {path} is not UTF-8 text (byte {error.start}): give one class name per "
+                             "line") from None
+    if "\x00" in text:
+        raise PrtkInputError(f"classes file {path} holds NUL bytes, not text: give one class name per line")
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
     if len(names) < 2:
         raise PrtkInputError(f"classes file {path} needs at least 2 class names (one per line), found {len(names)}")
     return names

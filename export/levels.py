@@ -38,3 +38,10 @@ def optimize_level(name: str) -> OptimizeLevel:
     if name not in OPTIMIZE_LEVELS:
         raise PrtkInputError(f"optimisation level must be one of {', '.join(OPTIMIZE_LEVELS)}, got {name!r}")
     return OPTIMIZE_LEVELS[name]
+
+
+def graph_runtimes(optimize: str, quantize: str | None) -> tuple[str, ...]:
+    """Who can run a graph of level ``optimize`` and quantization mode ``quantize`` (None: float): the level's
+    runtimes, less TensorRT for int8-dynamic (it has no dynamic quantization)."""
+    runtimes = optimize_level(optimize).runtimes
+    return tuple(r for r in runtimes if r != "tensorrt") if quantize == "int8-dynamic" else runtimes

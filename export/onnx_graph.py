@@ -176,6 +176,13 @@ def save_model(model: onnx.ModelProto, path: Path, external_threshold: int = PRO
     return [path, data_path]
 
 
+def annotate_saved(path: Path, metadata: dict[str, str], version: str) -> None:
+    """Replace the ``metadata_props`` of the graph saved at ``path`` (its external weights file untouched:
+    ``save_model`` has moved the weights out of the model it saved)."""
+    model = load_graph(path)
+    write_bytes_atomic(path, annotate(model, metadata, version).SerializeToString())
+
+
 ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT16: "float16"}
 
 
@@ -186,9 +193,14 @@ class GraphFacts:
     input: tuple[str, list, str]  # name, shape (symbolic dims as names), dtype
     outputs: list[tuple[str, list, str]]
     precision: str  # of its large weights (>= 1024 elements): int8 when most are 8-bit integers, else fp16 or fp32
-    l2_normalizes: bool  # has a ReduceL2 (F.normalize)
+    embedding_normalized: bool  # the embedding output is x / ||x|| (F.normalize)
     description: dict | None  # the JSON under metadata_props["prtk"]
     custom_domains: tuple[str, ...]  # operator domains beyond ONNX's own (com.microsoft: ONNX Runtime only)
+    opset: int  # of ONNX's own domain
+    structure: GraphStructure
+    keep_counts: tuple[int, ...]  # K of each TopK that keeps patches, in graph order (-1: not a constant)
+    quantization: str | None  # int8-static (Q/DQ), int8-dynamic (DynamicQuantizeLinear), None
+    external_files: tuple[str, ...]  # files holding its weights beside it
 
 
 def load_graph(path: Path) -> onnx.ModelProto:
@@ -224,11 +236,60 @@ def graph_facts(model: onnx.ModelProto) -> GraphFacts:
         description = json.loads(metadata["prtk"]) if "prtk" in metadata else None
     except json.JSONDecodeError:
         description = None
+    ops = {node.op_type for node in model.graph.node}
     return GraphFacts(input=value_facts(model.graph.input[0]),
                       outputs=[value_facts(output) for output in model.graph.output],
-                      precision=precision,
-                      l2_normalizes=any(node.op_type == "ReduceL2" for node in model.graph.node),
-                      description=description, custom_domains=custom_domains(model))
+                      precision=precision, embedding_normalized=_normalizes(model, "embedding"),
+                      description=description, custom_domains=custom_domains(model),
+                      opset=next((entry.version for entry in model.opset_import if entry.domain in ONNX_DOMAINS), 0),
+                      structure=graph_structure(model), keep_counts=_topk_counts(model),
+                      quantization=("int8-static" if "QuantizeLinear" in ops else
+                                    "int8-dynamic" if "DynamicQuantizeLinear" in ops else None),
+                      external_files=tuple(sorted({entry.value for tensor in model.graph.initializer
+                                                   if tensor.data_location == onnx.TensorProto.EXTERNAL
+                                                   for entry in tensor.external_data if entry.key == "location"})))
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {output: node for node in model.graph.node for output in node.output}
+
+
+def _normalizes(model: onnx.ModelProto, output: str) -> bool:
+    """Whether graph output ``output`` is ``x / f(ReduceL2(x))`` (F.normalize: Div by the clamped, expanded norm;
+    the Casts of an fp16 graph looked through)."""
+    producers = _producers(model)
+
+    def uncast(name: str) -> str:
+        while name in producers and producers[name].op_type == "Cast":
+            name = producers[name].input[0]
+        return name
+
+    node = producers.get(uncast(output))
+    if node is None or node.op_type != "Div":
+        return False
+    numerator, pending = uncast(node.input[0]), [node.input[1]]
+    for _ in range(8):  # the norm passes Clip / Max, Expand and Casts on its way to the Div
+        pending = [name for name in pending if name in producers]
+        if any(producers[name].op_type == "ReduceL2" and uncast(producers[name].input[0]) == numerator
+               for name in pending):
+            return True
+        pending = [source for name in pending for source in producers[name].input[:1]]
+    return False
+
+
+def _topk_counts(model: onnx.ModelProto) -> tuple[int, ...]:
+    """K of every TopK node that keeps patches, in graph order (-1 where K is not a constant initializer): prtk's
+    graphs choose patches by TopK on their scores, then sort the chosen indices ascending with a TopK on their
+    negation (``prtk.pruning.tower.ascending``), which is not counted."""
+    constants = {tensor.name: tensor for tensor in model.graph.initializer}
+    producers = _producers(model)
+    counts = []
+    for node in model.graph.node:
+        sorting = node.input[0] in producers and producers[node.input[0]].op_type == "Neg"
+        if node.op_type == "TopK" and not sorting:
+            k = constants.get(node.input[1])
+            counts.append(int(numpy_helper.to_array(k).reshape(-1)[0]) if k is not None else -1)
+    return tuple(counts)
 
 
 def custom_domains(model: onnx.ModelProto) -> tuple[str, ...]:

@@ -172,7 +172,7 @@ def quantize_graph(model: onnx.ModelProto, config: QuantizationConfig, calibrati
     operators = list(QUANTIZED_OPS)
     if config.calibrated and calibration is None:
         raise ValueError("int8-static needs calibration images")
-    with tempfile.TemporaryDirectory(prefix="prtk-quantize-") as folder, _quiet_quantizer():
+    with tempfile.TemporaryDirectory(prefix="prtk-quantize-") as folder, _quiet_quantizer():  # in the staging folder
         source, target = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
         onnx.save(model, source)
         if config.calibrated:
@@ -185,7 +185,8 @@ def quantize_graph(model: onnx.ModelProto, config: QuantizationConfig, calibrati
                                            "CalibTensorRangeSymmetric": True})
         else:
             quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=operators,
-                             nodes_to_quantize=quantized_nodes, per_channel=False)
+                             nodes_to_quantize=quantized_nodes, per_channel=False,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         quantized = onnx.load(target)
     integer_ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
     kept_float = sorted({node.op_type for node in quantized.graph.node} - integer_ops)
@@ -207,14 +208,20 @@ def quantize_graph(model: onnx.ModelProto, config: QuantizationConfig, calibrati
 
 
 class _CalibrationReader:
-    """ONNX Runtime's ``CalibrationDataReader`` protocol over ``pixels`` ``[n, 3, H, W]``, in batches."""
+    """ONNX Runtime's ``CalibrationDataReader`` protocol over ``pixels`` ``[n, 3, H, W]``, in batches of one size
+    (``calibration_batch``: the percentile and entropy calibrators stack every batch's activations into one array)."""
 
     def __init__(self, pixels: np.ndarray, input_name: str):
-        self.batches = iter([{input_name: pixels[start:start + CALIBRATION_BATCH]}
-                             for start in range(0, len(pixels), CALIBRATION_BATCH)])
+        size = calibration_batch(len(pixels))
+        self.batches = iter([{input_name: pixels[start:start + size]} for start in range(0, len(pixels), size)])
 
     def get_next(self) -> dict | None:
         return next(self.batches, None)
+
+
+def calibration_batch(count: int) -> int:
+    """The largest batch of at most ``CALIBRATION_BATCH`` images that divides ``count`` images evenly."""
+    return max(size for size in range(1, min(count, CALIBRATION_BATCH) + 1) if count % size == 0)
 
 
 def _calibration_method(name: str):
@@ -226,12 +233,17 @@ def _calibration_method(name: str):
 
 @contextmanager
 def _quiet_quantizer():
-    """The quantizer advises its pre-processing tool through the root logger on every call; prtk's graphs are
-    already folded and shape-inferred, so that advice is noise here."""
+    """The quantizer advises its pre-processing tool through the root logger on every call, and its histogram
+    calibrators print their progress to stdout (where ``--json -`` writes); prtk's graphs are already folded and
+    shape-inferred, and prtk reports its own progress, so both are noise here."""
+    import contextlib
+    import io
+
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.setLevel(level)

@@ -81,9 +81,9 @@ def test_prune_structure_refuses_bad_targets_and_existing_files(smaller, run_cli
     out, args = smaller
     base = ["prune-structure", *MODEL, "--data", shapes_dir, "--out", tmp_path]
     assert_one_line_error(run_cli(*base, "--heads", "9"), "--heads must be in [1, 4]", "got 9")
-    assert_one_line_error(run_cli(*base, "--depth", "0"), "--depth must be in [1, 6]", "got 0")
+    assert_one_line_error(run_cli(*base, "--depth", "0"), "--depth must be in [2, 6]", "got 0")
     assert_one_line_error(run_cli(*base, "--gflops", "5"), "--gflops must be above 0 and below the model's")
     assert_one_line_error(run_cli(*base, "--mlp", "100"), "multiple of the MLP group 32")
-    assert_one_line_error(run_cli(*base, "--mlp-group", "48", "--mlp", "96"), "--mlp-group must divide")
+    assert_one_line_error(run_cli(*base, "--mlp-group", "48", "--mlp", "96"), "--mlp-group must be a positive divisor")
     assert_one_line_error(run_cli(*base), "no target given")
     assert_one_line_error(run_cli(*args[:-2]), "output exists", "pass --force")

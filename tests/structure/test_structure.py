@@ -82,7 +82,7 @@ def test_cost_model_counts_the_narrow_widths(shapes_bed):
 
 @pytest.mark.parametrize("targets, message", [
     ({"heads": 5}, "--heads must be in [1, 4]"),
-    ({"depth": 0}, "--depth must be in [1, 6]"),
+    ({"depth": 1}, "--depth must be in [2, 6]"),
     ({"mlp": 100}, "--mlp must be a multiple of the MLP group 32"),
     ({"target_gflops": 9.0}, "--gflops must be above 0 and below the model's"),
     ({"target_gflops": 1e-5}, "is below the smallest shape"),

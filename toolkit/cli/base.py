@@ -146,6 +146,14 @@ def refuse_export_options(ctx: click.Context, names: tuple[str, ...]) -> None:
                              "the artifacts given were exported already")
 
 
+def refuse_unless(ctx: click.Context, names: tuple[str, ...], needed: bool, what: str) -> None:
+    """Refuse, in one line, options among ``names`` given on the command line when ``needed`` is false: they do
+    nothing without ``what``."""
+    given = given_options(ctx, names)
+    if given and not needed:
+        raise PrtkInputError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} nothing without {what}")
+
+
 def refuse_with(ctx: click.Context, option: str, names: tuple[str, ...], hint: str) -> None:
     """Refuse, in one line, options among ``names`` given together with ``option``, which replaces them."""
     given = given_options(ctx, names)
@@ -156,6 +164,11 @@ def refuse_with(ctx: click.Context, option: str, names: tuple[str, ...], hint: s
 def weights_inputs(checkpoint: str | None, model_config: str | None) -> dict[str, str | None]:
     """The model options that name files, as ``check_output`` inputs."""
     return {"--checkpoint": checkpoint, "--model-config": model_config}
+
+
+def json_file(destination: str | None) -> str | None:
+    """The file a ``--json`` destination writes (None for stdout, ``-``, or no ``--json``), for output checks."""
+    return None if destination == "-" else destination
 
 
 def emit_json(result, destination: str | None, force: bool) -> None:

@@ -8,7 +8,8 @@ import click
 
 from prtk.cli.base import (PrtkCommand, calibration_options, check_json_destination, check_output, emit_json,
                            force_option, json_option, load_model_from_options, model_options, optimize_option,
-                           pack_layer_option, parse_counts, parse_keeps, refuse_export_options, weights_inputs)
+                           pack_layer_option, parse_counts, parse_keeps, refuse_export_options, refuse_unless,
+                           weights_inputs)
 from prtk.cli.render import print_bench_table
 
 
@@ -46,8 +47,8 @@ def build_engine_command(target, precision, batch_profile, workspace, timing_cac
               help="Ranker pack (its predictor and tokens); else --scorer. With artifacts: the pack they were "
                    "exported from, for the torch backend.")
 @click.option("--no-tokens", is_flag=True, help="With --pack: leave out its learnable tokens.")
-@click.option("--scorer", type=click.Choice(["cls-attention", "fixed-random"]), default="cls-attention",
-              show_default=True, help="Without --pack: the baseline scorer.")
+@click.option("--scorer", type=click.Choice(["cls-attention", "fixed-random"]), default=None,
+              help="Without --pack: the baseline scorer  [default: cls-attention]")
 @click.option("--keep", "keeps", default="0.5,0.6,0.7", show_default=True, metavar="R[,R...]", help="Keep ratios.")
 @pack_layer_option
 @click.option("--backend", "backends", default="torch,onnxruntime", show_default=True, metavar="B[,B...]",
@@ -101,6 +102,9 @@ def bench_command(ctx, artifacts, model_name, pretrained, checkpoint, model_conf
                                     "calib_images", "calib_method", "before_pruning", "optimize"))
         config.check_timing()
     else:
+        refuse_unless(ctx, ("calib_images", "calib_method"), "int8-static" in config.variants,
+                      "the int8-static variant (--variants)")
+        refuse_unless(ctx, ("no_tokens",), pack is not None, "--pack")
         config.check()
     resolve_device(device)
     check_json_destination(json_path, force, weights_inputs(checkpoint, model_config) | {"--pack": pack})

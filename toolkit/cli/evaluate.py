@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from prtk.cli.base import (PrtkCommand, check_json_destination, emit_json, force_option, json_option,
-                           load_model_from_options, model_options, stage_schedule, stage_scorer_option, stages_option,
-                           weights_inputs)
+                           load_model_from_options, model_options, refuse_unless, stage_schedule, stage_scorer_option,
+                           stages_option, weights_inputs)
 from prtk.cli.render import print_eval_table
 from prtk.core.errors import PrtkInputError
 
@@ -50,6 +50,8 @@ def eval_command(ctx, model_name, pretrained, checkpoint, model_config, random_w
     from prtk.pruning.tower import check_keep
 
     layer, keep, later_stages = stage_schedule(ctx, stages, layer, keep)
+    refuse_unless(ctx, ("stage_scorer",), stages is not None, "--stages")
+    refuse_unless(ctx, ("no_tokens",), pack is not None, "--pack (the learnable tokens are the pack's)")
     check_keep(keep)
     check_json_destination(json_path, force, weights_inputs(checkpoint, model_config)
                            | {"--ranking": ranking, "--pack": pack})

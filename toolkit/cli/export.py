@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from prtk.cli.base import (PrtkCommand, calibration_options, check_json_destination, emit_json, force_option,
-                           json_option, load_model_from_options, model_options, optimize_option, pack_layer_option,
-                           parse_keeps, stage_schedule, stage_scorer_option, stages_option, weights_inputs)
+                           json_file, json_option, load_model_from_options, model_options, optimize_option,
+                           pack_layer_option, parse_keeps, refuse_unless, stage_schedule, stage_scorer_option,
+                           stages_option, weights_inputs)
 from prtk.cli.render import print_export_table
 from prtk.core.files import check_writable_folder
 from prtk.export.quantize import QUANTIZE_MODES
@@ -16,10 +17,10 @@ from prtk.export.quantize import QUANTIZE_MODES
 @model_options
 @click.option("--pack", metavar="FILE", default=None,
               help="Ranker pack from `prtk train`: its predictor scores the patches, its tokens are appended.")
-@click.option("--scorer", type=click.Choice(["cls-attention", "fixed-random", "elip"]), default="cls-attention",
-              show_default=True, help="Without --pack: the baseline scorer (fixed-random: one seeded random patch "
-                                      "subset for every image, the random baseline a static graph can hold; elip: "
-                                      "language-guided by the --classes zero-shot head, baked into the graph).")
+@click.option("--scorer", type=click.Choice(["cls-attention", "fixed-random", "elip"]), default=None,
+              help="Without --pack: the baseline scorer (fixed-random: one seeded random patch subset for every image, "
+                   "the random baseline a static graph can hold; elip: language-guided by the --classes zero-shot "
+                   "head, baked into the graph)  [default: cls-attention; with --pack, the pack's predictor]")
 @click.option("--keep", "keeps", default="0.6", show_default=True, metavar="R[,R...]",
               help="Keep ratios; one graph each, with k = max(1, round(R * N)) patches.")
 @pack_layer_option
@@ -68,13 +69,20 @@ def export_command(ctx, model_name, pretrained, checkpoint, model_config, random
     --stages writes one staged graph (<model>_keep0.70_b6k0.70_b9k0.70.onnx: each later stage's block and keep).
     Checks (a table; any failure exits 1): onnx.checker full check, ONNX Runtime against PyTorch (max abs
     diff <= 1e-4 in fp32 with identical kept indices, 1e-2 in fp16, 0.1 in int8) and TensorRT readiness
-    (not at O2 or int8-dynamic). The same inputs give byte-identical files.
+    (not at O2 or int8-dynamic); their results, and as runtimes only those whose checks passed, are part of the
+    graph's embedded description. One export writes a folder at a time (a second is refused); --json may not
+    name a file the export writes. The same inputs give byte-identical files.
     """
     from prtk.core.console import progress_bar
+    from prtk.core.files import folder_writer_lock
     from prtk.export.checks import load_check_images
     from prtk.export.exporter import ExportConfig, check_export_outputs, export_models, read_class_names
 
     layer, keep, later_stages = stage_schedule(ctx, stages, layer, None)
+    refuse_unless(ctx, ("calib_images", "calib_method"), quantize == "int8-static", "--quantize int8-static")
+    refuse_unless(ctx, ("stage_scorer",), stages is not None, "--stages")
+    refuse_unless(ctx, ("no_tokens",), pack is not None, "--pack")
+    refuse_unless(ctx, ("check_data", "check_images"), not no_check, "the checks (drop --no-check)")
     config = ExportConfig(keeps=parse_keeps(keeps) if keep is None else (keep,), pack=pack, scorer=scorer, layer=layer,
                           later_stages=later_stages, stage_scorer=stage_scorer, fuse_dropped=fuse_dropped,
                           tokens=not no_tokens,
@@ -87,13 +95,15 @@ def export_command(ctx, model_name, pretrained, checkpoint, model_config, random
     check_json_destination(json_path, force, inputs)
     check_writable_folder(out_dir)
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
-    check_export_outputs(clip.name, config, out_dir, force, inputs)
-    images, source = (None, "") if no_check else load_check_images(clip.preprocess, clip.spec.image_size,
-                                                                    check_data, check_images)
-    with progress_bar(f"export {clip.name}", unit="graph") as update:
-        records = export_models(clip, config, out_dir, images, force=force, progress=update)
-    print_export_table(records, source, to_stderr=json_path == "-")
-    emit_json({"exports": [record.as_dict() for record in records]}, json_path, force)
+    with folder_writer_lock(out_dir, "export"):
+        others = {"--json": json_file(json_path)}
+        check_export_outputs(clip.name, config, out_dir, force, inputs, others)
+        images, source = (None, "") if no_check else load_check_images(clip.preprocess, clip.spec.image_size,
+                                                                        check_data, check_images)
+        with progress_bar(f"export {clip.name}", unit="graph") as update:
+            records = export_models(clip, config, out_dir, images, force=force, progress=update)
+        print_export_table(records, source, to_stderr=json_path == "-")
+        emit_json({"exports": [record.as_dict() for record in records]}, json_path, force)
     if not all(record.passed for record in records):
         click.echo("prtk export: a check failed (see the table)", err=True)
         ctx.exit(1)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from prtk.cli.base import PrtkCommand, check_json_destination, emit_json, force_option, json_option, parse_keeps
+from prtk.cli.base import (PrtkCommand, check_json_destination, emit_json, force_option, json_file, json_option,
+                           parse_keeps)
 from prtk.cli.render import print_quickstart_table
 from prtk.core.errors import PrtkInputError
-from prtk.core.files import check_writable_folder
+from prtk.core.files import check_distinct_outputs, check_writable_folder
 
 
 @click.command("quickstart", cls=PrtkCommand)
@@ -35,6 +36,8 @@ def quickstart_command(model_name, data_root, out_dir, keeps, rank_images, eval_
         raise PrtkInputError(f"quickstart runs on a built-in model with shipped weights ({', '.join(shipped)}), "
                              f"got {model_name!r}")
     check_json_destination(json_path, force, {"--out": out_dir})
+    check_distinct_outputs([("--json", json_file(json_path)),
+                            ("the quickstart folder --out", out_dir)])
     check_writable_folder(out_dir)
     clip = load_clip(model_name)
     summary = run_quickstart(clip, out_dir, config, data_root, force, progress=progress_bar,

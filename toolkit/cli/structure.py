@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from prtk.cli.base import (PrtkCommand, check_json_destination, emit_json, force_option, json_option,
-                           load_model_from_options, model_options, weights_inputs)
+from prtk.cli.base import (PrtkCommand, check_json_destination, emit_json, force_option, json_file, json_option,
+                           load_model_from_options, model_options, refuse_unless, weights_inputs)
 
 
 @click.command("prune-structure", cls=PrtkCommand)
@@ -19,7 +19,8 @@ from prtk.cli.base import (PrtkCommand, check_json_destination, emit_json, force
 @click.option("--heads", type=int, default=None, help="Attention heads to keep in every block.")
 @click.option("--mlp", type=int, default=None,
               help="MLP channels to keep in every block (a multiple of --mlp-group).")
-@click.option("--depth", type=int, default=None, help="Blocks to keep (whole blocks removed after the width).")
+@click.option("--depth", type=int, default=None,
+              help="Blocks to keep, at least 2 (whole blocks removed after the width).")
 @click.option("--gflops", "target_gflops", type=float, default=None, metavar="G",
               help="GFLOPs per image to reach: the targets not given are chosen as the shape with the most GFLOPs "
                    "at or under G (ties: more blocks, then more heads).")
@@ -42,7 +43,8 @@ from prtk.cli.base import (PrtkCommand, check_json_destination, emit_json, force
 @click.option("--name", default=None, help="Model name (file stem)  [default: MODEL-h<heads>m<mlp>d<depth>]")
 @json_option("the result (files, shape, GFLOPs, calibration top-1, distillation history)")
 @force_option("Overwrite the model's files and discard a partial run.")
-def prune_structure_command(model_name, pretrained, checkpoint, model_config, random_weights, seed, data_root, out,
+@click.pass_context
+def prune_structure_command(ctx, model_name, pretrained, checkpoint, model_config, random_weights, seed, data_root, out,
                             heads, mlp, depth, target_gflops, selection, metric, mlp_group, calibration_images,
                             distill_epochs, distill_images, lr, batch_size, name, json_path, force):
     """Remove whole attention heads, MLP channel groups and blocks by their module-wise pruning error (MoPE,
@@ -52,11 +54,15 @@ def prune_structure_command(model_name, pretrained, checkpoint, model_config, ra
     Load the result anywhere with --model-config OUT/NAME.json --checkpoint OUT/NAME.safetensors. A killed run
     restarted with the same command continues where it stopped.
     """
-    from prtk.core.files import check_not_an_input
+    from prtk.core.files import check_distinct_outputs, check_not_an_input
     from prtk.structure import StructureConfig, plan_shape, prune_structure
     from prtk.structure.distillation import DistillConfig
-    from prtk.structure.job import output_paths
+    from prtk.structure.job import output_paths, run_folder
 
+    refuse_unless(ctx, ("metric",), selection == "mope", "--select mope")
+    refuse_unless(ctx, ("distill_images", "lr"), distill_epochs > 0, "distillation (--distill-epochs above 0)")
+    refuse_unless(ctx, ("mlp_group",), mlp is not None or target_gflops is not None,
+                  "an MLP target (--mlp or --gflops)")
     config = StructureConfig(heads=heads, mlp=mlp, depth=depth, gflops=target_gflops, selection=selection,
                              metric=metric, mlp_group=mlp_group, calibration_images=calibration_images,
                              batch_size=batch_size, seed=seed, name=name,
@@ -67,8 +73,13 @@ def prune_structure_command(model_name, pretrained, checkpoint, model_config, ra
     check_json_destination(json_path, force, inputs)
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
     shape = plan_shape(clip, config)
-    for path in output_paths(Path(out), name or f"{clip.name}-{shape.tag}").values():
+    stem = name or f"{clip.name}-{shape.tag}"
+    outputs = output_paths(Path(out), stem)
+    for path in outputs.values():
         check_not_an_input(path, inputs)
+    check_distinct_outputs([("--json", json_file(json_path)),
+                            *((f"the model's {role}", path) for role, path in outputs.items()),
+                            ("the run folder", run_folder(Path(out), stem))])
     result = prune_structure(clip, data_root, out, config, force=force)
     top1 = result.calibration_top1
     click.echo(f"wrote {result.config_path}, {result.weights_path}: heads {shape.heads}/{clip.spec.heads}, "

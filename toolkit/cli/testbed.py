@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from prtk.cli.base import PrtkCommand, check_json_destination, emit_json, force_option, invocation, json_option
-from prtk.core.files import check_writable_folder
+from prtk.cli.base import (PrtkCommand, check_json_destination, emit_json, force_option, invocation, json_file,
+                           json_option)
+from prtk.core.files import check_distinct_outputs, check_writable_folder
 
 
 @click.command("train-testbed", cls=PrtkCommand)
@@ -43,6 +46,10 @@ def train_testbed_command(name, out_dir, train_data, test_data, train_count, tes
     check_writable_folder(out_dir)
     if work_dir is not None:
         check_writable_folder(work_dir)
+    model = Path(out_dir) / (model_name or name)
+    check_distinct_outputs([("--json", json_file(json_path)), ("--work-dir", work_dir),
+                            *((f"the {role}", model.with_name(model.name + suffix)) for role, suffix in
+                              (("weights", ".safetensors"), ("card", ".card.json"), ("config", ".json")))])
     plan = recipe(name)
     config = ClipTrainConfig(epochs=plan.epochs if epochs is None else epochs, lr=lr, seed=seed, bf16=bf16,
                              batch_size=plan.batch_size if batch_size is None else batch_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from prtk.cli.base import (PrtkCommand, check_json_destination, check_output, emit_json, force_option, json_option,
-                           load_model_from_options, model_options, parse_keeps, weights_inputs)
+                           load_model_from_options, model_options, parse_keeps, refuse_unless, weights_inputs)
 from prtk.cli.render import print_pack_table
 
 
@@ -33,7 +33,8 @@ from prtk.cli.render import print_pack_table
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @json_option("the pack's metadata and metrics")
 @force_option("Overwrite existing outputs and discard a partial run.")
-def train_command(model_name, pretrained, checkpoint, model_config, random_weights, seed, ranking_path, data_root,
+@click.pass_context
+def train_command(ctx, model_name, pretrained, checkpoint, model_config, random_weights, seed, ranking_path, data_root,
                   out, keeps, num_tokens, loss, predictor_epochs, token_epochs, batch_size, predictor_lr, token_lr,
                   val_fraction, device, json_path, force):
     """Train the predictor on a ranking file, then learnable tokens per keep ratio; write a ranker pack.
@@ -45,6 +46,7 @@ def train_command(model_name, pretrained, checkpoint, model_config, random_weigh
     from prtk.ranking.distributed import torchrun_world
     from prtk.predictor.training import TrainConfig, train_pack
 
+    refuse_unless(ctx, ("token_epochs", "token_lr"), num_tokens > 0, "learnable tokens (--tokens above 0)")
     config = TrainConfig(keeps=parse_keeps(keeps), num_tokens=num_tokens, loss=loss,
                          predictor_epochs=predictor_epochs, token_epochs=token_epochs, batch_size=batch_size,
                          predictor_lr=predictor_lr, token_lr=token_lr, val_fraction=val_fraction, seed=seed,

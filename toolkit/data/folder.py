@@ -1,4 +1,5 @@
-"""ImageFolder data (class = folder name), decoded with PIL and preprocessed with the model's own transform.
+"""ImageFolder data (class = folder name), decoded with PIL (high-depth images scaled to 8 bits, ``rgb_image``) and
+preprocessed with the model's own transform.
 
 A file that cannot be decoded comes back flagged instead of raising inside a loader worker, so the
 caller can name it (or count and skip it with ``--skip-bad``).
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -26,6 +28,24 @@ class UnreadableImageError(PrtkInputError):
 class ImageRecord:
     path: Path
     label: int
+
+
+def rgb_image(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB. PIL's own conversion clips 16- and 32-bit grayscale at 255 (a 16-bit PNG becomes
+    white), so those are scaled: 16-bit (``I;16*``, and ``I`` within [0, 65535]) by 255 / 65535, float (``F``)
+    within [0, 1] by 255; other values of those modes are refused (ValueError: an unreadable image)."""
+    if not (image.mode.startswith("I;16") or image.mode in ("I", "F")):
+        return image.convert("RGB")
+    values = np.asarray(image)
+    if image.mode == "F":
+        if not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+            raise ValueError(f"float image ({image.mode}) with values outside [0, 1]")
+        gray = np.rint(values.astype(np.float64) * 255)
+    else:
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(f"integer image ({image.mode}) with values outside the 16-bit range")
+        gray = (values.astype(np.int64) * 255 + 32767) // 65535
+    return Image.fromarray(gray.astype(np.uint8), "L").convert("RGB")
 
 
 def class_display_name(folder: str) -> str:
@@ -75,7 +95,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         record = self.records[index]
         try:
             with Image.open(record.path) as image:
-                pixels = self.transform(image.convert("RGB"))
+                pixels = self.transform(rgb_image(image))
             return pixels, record.label, index, ""
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             return torch.zeros(3, self.image_size, self.image_size), record.label, index, str(error) or "unreadable"

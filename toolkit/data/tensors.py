@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from prtk.data.folder import ImageFolderDataset, class_display_name
+from prtk.data.folder import ImageFolderDataset, class_display_name, rgb_image
 from prtk.core.errors import PrtkInputError
 from prtk.data.synthetic import CLASSES, shape_image
 
@@ -37,7 +37,7 @@ class LabelledImages:
 
 def _square_pixels(image: Image.Image, size: int) -> np.ndarray:
     """RGB image -> uint8 ``[size, size, 3]``: shorter side resized to ``size`` (bicubic), then centre crop."""
-    image = image.convert("RGB")
+    image = rgb_image(image)
     if image.size != (size, size):
         scale = size / min(image.size)
         resized = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))

@@ -52,6 +52,12 @@ def known_model_names() -> list[str]:
     return import_open_clip().list_models()
 
 
+def shipped_model_names() -> set[str]:
+    """The architectures that ship with open_clip or prtk (not the config files registered in this process)."""
+    open_clip_configs = Path(import_open_clip().__file__).parent / "model_configs"
+    return {path.stem for path in open_clip_configs.glob("*.json")} | set(builtin_model_names())
+
+
 def builtin_checkpoint(name: str) -> Path | None:
     """The weights shipped with built-in model ``name`` (``prtk/checkpoints/<name>.safetensors``), if any."""
     path = Path(str(resources.files(BUILTIN_CHECKPOINT_PACKAGE))) / f"{name}.safetensors"

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from prtk.models.compat import import_open_clip
 from prtk.core.errors import PrtkInputError
+from prtk.models.preprocessing import Preprocessing
 from prtk.models.configs import builtin_checkpoint, known_model_names, register_config_file, structure_keys
 from prtk.models.state_dicts import load_checkpoint, state_dict_sha256
 from prtk.models.structure import narrow_attention
@@ -58,6 +59,11 @@ class LoadedClip:
         """Input size, resize mode and normalisation, as open_clip records them on the model."""
         open_clip = import_open_clip()
         return dict(open_clip.get_model_preprocess_cfg(self.model))
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The preprocessing ``preprocess`` applies, as a fact an artifact's description states."""
+        return Preprocessing.of_model(self.model)
 
 
 def check_made_for(kind: str, model: str, weights_sha256: str, weights: dict | None, clip: LoadedClip) -> None:

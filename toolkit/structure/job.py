@@ -19,10 +19,11 @@ import torch
 from prtk import __version__
 from prtk.core.console import progress_bar
 from prtk.core.errors import PrtkInputError
-from prtk.core.files import (check_writable, commit_together, finish_commits, prepare_run_folder, write_bytes_atomic,
-                             write_json_atomic)
+from prtk.core.files import (check_writable, commit_together, finish_commits, folder_writer_lock, prepare_run_folder,
+                             write_bytes_atomic, write_json_atomic)
 from prtk.data.folder import ImageFolderDataset, class_display_name
 from prtk.models import LoadedClip
+from prtk.models.configs import shipped_model_names
 from prtk.models.zeroshot import class_embeddings, topk_correct, zero_shot_logits
 from prtk.pruning.cost import gflops, vision_macs
 from prtk.structure.distillation import DistillConfig, DistillTargets, distill
@@ -55,7 +56,7 @@ class StructureConfig:
 
     def group(self, clip: LoadedClip) -> int:
         spec = clip.spec
-        return self.mlp_group or math.gcd(spec.head_width, spec.mlp_width)
+        return self.mlp_group if self.mlp_group is not None else math.gcd(spec.head_width, spec.mlp_width)
 
     def check(self) -> None:
         if self.selection not in SELECTIONS:
@@ -68,10 +69,18 @@ class StructureConfig:
                 raise PrtkInputError(f"{option} must be at least 1, got {value}")
         if self.distill.epochs < 0:
             raise PrtkInputError(f"--distill-epochs must be at least 0, got {self.distill.epochs}")
+        if self.distill.epochs and self.distill.images < 2:
+            raise PrtkInputError(f"--distill-images must be at least 2 (one to train on, one held out to pick the "
+                                 f"best epoch), got {self.distill.images}")
+        if self.mlp_group is not None and self.mlp_group < 1:
+            raise PrtkInputError(f"--mlp-group must be at least 1, got {self.mlp_group}")
         if not self.distill.lr > 0:
             raise PrtkInputError(f"--lr must be above 0, got {self.distill.lr:g}")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise PrtkInputError(f"--name must be a file stem (no '/', not starting with '.'), got {self.name!r}")
+        if self.name is not None and self.name in shipped_model_names():
+            raise PrtkInputError(f"--name {self.name} is the name of a model that ships with prtk or open_clip: "
+                                 "loading the smaller model by it would be ambiguous; choose another name")
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,13 @@ def plan_shape(clip: LoadedClip, config: StructureConfig) -> StructureShape:
 
 
 def output_paths(out: Path, name: str) -> dict[str, Path]:
+    """The smaller model's files (config, weights, card) in ``out``."""
     return {"config": out / f"{name}.json", "weights": out / f"{name}.safetensors", "card": out / f"{name}.card.json"}
+
+
+def run_folder(out: Path, name: str) -> Path:
+    """Where a run keeps what it finished (module errors, the distillation state) until it ends."""
+    return out / f".{name}.run"
 
 
 def prune_structure(clip: LoadedClip, data_root: str | Path, out: str | Path, config: StructureConfig, *,
@@ -107,16 +122,22 @@ def prune_structure(clip: LoadedClip, data_root: str | Path, out: str | Path, co
     """Prune ``clip``'s image tower to ``config``'s targets on the images of ``data_root`` and write the smaller
     model (``NAME.json`` config, ``NAME.safetensors``, ``NAME.card.json``) into ``out``."""
     shape = plan_shape(clip, config)
-    spec, group = clip.spec, config.group(clip)
     name = config.name or f"{clip.name}-{shape.tag}"
     out = Path(out)
-    finish_commits(out)
-    paths = output_paths(out, name)
-    for path in paths.values():
-        check_writable(path, force)
+    with folder_writer_lock(out, "prune-structure"):
+        finish_commits(out)
+        paths = output_paths(out, name)
+        for path in paths.values():
+            check_writable(path, force)
+        return _prune(clip, data_root, out, config, shape, name, paths, force)
+
+
+def _prune(clip: LoadedClip, data_root: str | Path, out: Path, config: StructureConfig, shape: StructureShape,
+           name: str, paths: dict[str, Path], force: bool) -> StructureResult:
+    spec, group = clip.spec, config.group(clip)
     dataset = ImageFolderDataset(data_root, clip.preprocess, spec.image_size)
     classifier = class_embeddings(clip.model, clip.tokenizer, [class_display_name(c) for c in dataset.classes])
-    run = out / f".{name}.run"
+    run = run_folder(out, name)
     prepare_run_folder(run, {"model": clip.name, "weights": clip.weights_sha256, "data": str(Path(data_root).resolve()),
                              "images": len(dataset), "config": asdict(config), "prtk": __version__}, discard=force)
 

@@ -40,9 +40,13 @@ class StructureShape:
         return f"h{self.heads}m{self.mlp_width}d{self.depth}"
 
 
+MIN_DEPTH = 2  # blocks a tower keeps: token pruning needs one before its layer and one after
+
+
 def check_mlp_group(spec: ViTSpec, mlp_group: int) -> None:
     if mlp_group < 1 or spec.mlp_width % mlp_group:
-        raise PrtkInputError(f"--mlp-group must divide the MLP width {spec.mlp_width}, got {mlp_group}")
+        raise PrtkInputError(f"--mlp-group must be a positive divisor of the MLP width {spec.mlp_width}, "
+                             f"got {mlp_group}")
 
 
 def resolve_shape(spec: ViTSpec, heads: int | None, mlp: int | None, depth: int | None,
@@ -56,8 +60,9 @@ def resolve_shape(spec: ViTSpec, heads: int | None, mlp: int | None, depth: int 
     if mlp is not None and not (1 <= mlp <= spec.mlp_width and mlp % mlp_group == 0):
         raise PrtkInputError(f"--mlp must be a multiple of the MLP group {mlp_group} in [{mlp_group}, "
                              f"{spec.mlp_width}] (MLP channels per block to keep), got {mlp}")
-    if depth is not None and not 1 <= depth <= spec.layers:
-        raise PrtkInputError(f"--depth must be in [1, {spec.layers}] (blocks to keep), got {depth}")
+    if depth is not None and not MIN_DEPTH <= depth <= spec.layers:
+        raise PrtkInputError(f"--depth must be in [{MIN_DEPTH}, {spec.layers}] (blocks to keep; a tower keeps at "
+                             f"least {MIN_DEPTH}), got {depth}")
     full = gflops(vision_macs(spec))
     if target_gflops is None:
         if heads is None and mlp is None and depth is None:
@@ -68,7 +73,7 @@ def resolve_shape(spec: ViTSpec, heads: int | None, mlp: int | None, depth: int 
         if not 0 < target_gflops < full:
             raise PrtkInputError(f"--gflops must be above 0 and below the model's {full:.4g} GFLOPs, "
                                  f"got {target_gflops:g}")
-        choices = itertools.product(range(1, spec.layers + 1) if depth is None else [depth],
+        choices = itertools.product(range(MIN_DEPTH, spec.layers + 1) if depth is None else [depth],
                                     range(1, spec.heads + 1) if heads is None else [heads],
                                     range(mlp_group, spec.mlp_width + 1, mlp_group) if mlp is None else [mlp])
         costs = {shape: shape.gflops(spec) for shape in (StructureShape(h, m, d) for d, h, m in choices)}
