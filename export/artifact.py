@@ -151,6 +151,16 @@ def _contradictions(sidecar: dict, facts: GraphFacts, graph_path: Path) -> list[
     mode = (sidecar["quantization"] or {}).get("mode")
     if facts.quantization != mode:
         found.append(f"the graph is {facts.quantization or 'not quantized'}, described as {mode or 'float'}")
+    elif mode and facts.int8_nodes != sidecar["quantization"].get("int8_nodes"):
+        found.append(f"the graph has {facts.int8_nodes} int8 weight GEMMs, described as "
+                     f"{json.dumps(sidecar['quantization'].get('int8_nodes'))}")
+    if bool(facts.custom_domains) != (sidecar["optimize"] == "O2"):
+        found.append(f"the graph {'holds' if facts.custom_domains else 'has no'} fused operators of ONNX Runtime, "
+                     f"described as optimize {sidecar['optimize']}")
+    kept = any(output["name"] == "kept_indices" for output in sidecar["outputs"])
+    if sidecar["export"]["kept_indices"] != kept and sidecar["pruning"] is not None:
+        found.append(f"export.kept_indices is {json.dumps(sidecar['export']['kept_indices'])}, but the outputs "
+                     f"{'hold' if kept else 'lack'} kept_indices")
     counts = keep_counts(sidecar["pruning"])
     if facts.keep_counts != counts:
         found.append(f"the graph keeps {_counts(facts.keep_counts)} patches, described as {_counts(counts)}")

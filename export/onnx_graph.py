@@ -200,6 +200,7 @@ class GraphFacts:
     structure: GraphStructure
     keep_counts: tuple[int, ...]  # K of each TopK that keeps patches, in graph order (-1: not a constant)
     quantization: str | None  # int8-static (Q/DQ), int8-dynamic (DynamicQuantizeLinear), None
+    int8_nodes: int  # weight GEMMs in int8: MatMulInteger, or MatMul/Gemm of a dequantized int8 weight
     external_files: tuple[str, ...]  # files holding its weights beside it
 
 
@@ -245,6 +246,7 @@ def graph_facts(model: onnx.ModelProto) -> GraphFacts:
                       structure=graph_structure(model), keep_counts=_topk_counts(model),
                       quantization=("int8-static" if "QuantizeLinear" in ops else
                                     "int8-dynamic" if "DynamicQuantizeLinear" in ops else None),
+                      int8_nodes=_int8_nodes(model),
                       external_files=tuple(sorted({entry.value for tensor in model.graph.initializer
                                                    if tensor.data_location == onnx.TensorProto.EXTERNAL
                                                    for entry in tensor.external_data if entry.key == "location"})))
@@ -275,6 +277,16 @@ def _normalizes(model: onnx.ModelProto, output: str) -> bool:
             return True
         pending = [source for name in pending for source in producers[name].input[:1]]
     return False
+
+
+def _int8_nodes(model: onnx.ModelProto) -> int:
+    """Weight GEMMs computed in int8: ``MatMulInteger`` (dynamic), or MatMul/Gemm whose input is an initializer
+    dequantized by ``DequantizeLinear`` (Q/DQ)."""
+    weights = {tensor.name for tensor in model.graph.initializer}
+    producers = _producers(model)
+    return sum(node.op_type == "MatMulInteger" or (node.op_type in ("MatMul", "Gemm") and any(
+        name in producers and producers[name].op_type == "DequantizeLinear" and producers[name].input[0] in weights
+        for name in node.input)) for node in model.graph.node)
 
 
 def _topk_counts(model: onnx.ModelProto) -> tuple[int, ...]:

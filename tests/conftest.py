@@ -119,3 +119,24 @@ def seeded_pack(clip, path, keeps=(0.5, 0.6, 0.7), layer=3, tokens=4, seed=0):
         meta={"model": clip.name, "weights_sha256": clip.weights_sha256, "layer": layer, "keep_ratios": list(keeps),
               "num_tokens": tokens, "predictor": config.as_dict()}))
     return path
+
+
+def lying_copy(path: Path, folder: Path, change, embedded: bool = True) -> Path:
+    """A copy of the export whose sidecar (and, with ``embedded``, the graph's own description) ``change`` edited."""
+    import json
+    import shutil
+
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = Path(shutil.copy(path, folder / path.name))
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    change(sidecar)
+    copy.with_suffix(".json").write_text(json.dumps(sidecar))
+    if embedded:
+        model = onnx.load(str(copy))
+        description = json.loads(model.metadata_props[0].value)
+        change(description)
+        model.metadata_props[0].value = json.dumps(description, sort_keys=True)
+        onnx.save(model, str(copy))
+    return copy

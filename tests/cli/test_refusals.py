@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, lying_copy
 from prtk.data.synthetic import HELD_OUT_SEED, write_shapes_folder
 from prtk.export.artifact import ArtifactFile
 
@@ -93,6 +93,9 @@ def test_o2_int8_dynamic_exports_and_validates(run_cli, data, tmp_path):
     assert sidecar["graph"]["fused_operators"]["Attention"] == 6
     validated = run_cli("validate", graph, "--data", data)
     assert validated.exit_code == 0, validated.output
+    lie = lying_copy(graph, tmp_path / "lie", lambda d: d["quantization"].update(int8_nodes=3))
+    assert_one_line_error(run_cli("validate", lie, "--data", data),
+                          f"the graph has {sidecar['quantization']['int8_nodes']} int8 weight GEMMs, described as 3")
 
 
 @pytest.mark.parametrize("method", ["percentile", "entropy"])

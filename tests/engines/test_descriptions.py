@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, lying_copy
 from prtk.data.synthetic import HELD_OUT_SEED, write_shapes_folder
 from prtk.export.exporter import ExportConfig, export_models
 from prtk.models import builtin_checkpoint, builtin_config_path, load_clip
@@ -39,22 +39,6 @@ def load_check_images(clip, data):
     from prtk.export.checks import load_check_images as load
 
     return load(clip.preprocess, clip.spec.image_size, data, 4)[0]
-
-
-def lying_copy(path: Path, folder: Path, change, embedded: bool = True) -> Path:
-    """A copy of the export whose sidecar (and, with ``embedded``, the graph's own description) ``change`` edited."""
-    folder.mkdir(parents=True, exist_ok=True)
-    copy = Path(shutil.copy(path, folder / path.name))
-    sidecar = json.loads(path.with_suffix(".json").read_text())
-    change(sidecar)
-    copy.with_suffix(".json").write_text(json.dumps(sidecar))
-    if embedded:
-        model = onnx.load(str(copy))
-        description = json.loads(model.metadata_props[0].value)
-        change(description)
-        model.metadata_props[0].value = json.dumps(description, sort_keys=True)
-        onnx.save(model, str(copy))
-    return copy
 
 
 @pytest.mark.parametrize("change, message", [
@@ -97,7 +81,8 @@ def test_stage_keep_counts_are_checked_against_the_graph_and_the_cost_model(run_
      "the embedding is described as raw but the graph L2-normalises it"),
     (lambda d: d["runtimes"].append("tensorrt") or d["checks"][-1].update(passed=False),
      "runtimes lists tensorrt, but its tensorrt check failed"),
-    (lambda d: d.update(optimize="O2"), "runtimes lists openvino, tensorrt, which cannot run a graph of level O2"),
+    (lambda d: d.update(optimize="O2"), "the graph has no fused operators of ONNX Runtime, described as optimize O2"),
+    (lambda d: d["export"].update(kept_indices=False), "export.kept_indices is false, but the outputs hold"),
     (lambda d: d["pruning"].update(keep_count=20), "the graph keeps 38 patches, described as 20"),
 ])
 def test_a_description_the_graph_contradicts_is_refused(run_cli, exports, tmp_path, change, message):

@@ -22,8 +22,7 @@ from prtk.core.errors import PrtkInputError
 from prtk.core.files import (check_writable, commit_together, finish_commits, folder_writer_lock, prepare_run_folder,
                              write_bytes_atomic, write_json_atomic)
 from prtk.data.folder import ImageFolderDataset, class_display_name
-from prtk.models import LoadedClip
-from prtk.models.configs import shipped_model_names
+from prtk.models import LoadedClip, shipped_model_names
 from prtk.models.zeroshot import class_embeddings, topk_correct, zero_shot_logits
 from prtk.pruning.cost import gflops, vision_macs
 from prtk.structure.distillation import DistillConfig, DistillTargets, distill

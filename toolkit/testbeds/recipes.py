@@ -23,7 +23,7 @@ from prtk.core.errors import PrtkInputError
 from prtk.core.devices import resolve_device
 from prtk.evaluation.accuracy import EvalConfig, evaluate
 from prtk.data.tensors import LabelledImages, generate_shapes, load_image_folder
-from prtk.models import builtin_config_path, known_model_names, load_clip
+from prtk.models import builtin_config_path, load_clip, shipped_model_names
 from prtk.data.synthetic import HELD_OUT_SEED, TRAIN_SEED, write_shapes_folder
 
 SUBSET_IMAGES = 1000  # the fixed, evenly spaced subset whose accuracy tests reproduce
@@ -142,9 +142,9 @@ def _result_name(plan: TestbedRecipe, train_dir, model_name: str | None) -> str:
     if model_name is not None:
         if not model_name or not all(c.isalnum() or c in "-_." for c in model_name):
             raise PrtkInputError(f"--model-name must be letters, digits, '-', '_' or '.', got {model_name!r}")
-        if model_name != plan.name and model_name in known_model_names():
-            raise PrtkInputError(f"--model-name {model_name} is the name of a known model (see `prtk models`): "
-                                 "choose a name of your own")
+        if model_name != plan.name and model_name in shipped_model_names():
+            raise PrtkInputError(f"--model-name {model_name} is the name of a known model that ships with prtk or "
+                                 "open_clip (see `prtk models`): choose a name of your own")
         return model_name
     if plan.data == "image-folder" and train_dir is not None and Path(train_dir).is_dir():
         classes = tuple(sorted(p.name for p in Path(train_dir).iterdir() if p.is_dir() and not p.name.startswith(".")))
