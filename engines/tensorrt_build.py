@@ -14,8 +14,8 @@ from typing import Iterator
 
 import onnx
 
-from prtk.core.files import (check_not_an_input, check_writable, commit_together, folder_writer_lock,
-                             write_bytes_atomic, write_json_atomic)
+from prtk.core.files import (check_distinct_outputs, check_not_an_input, check_writable, commit_together,
+                             folder_writer_lock, write_bytes_atomic, write_json_atomic)
 from prtk.core.errors import PrtkInputError
 from prtk.export.artifact import ArtifactFile
 from prtk.export.onnx_graph import custom_domains, load_graph
@@ -60,19 +60,24 @@ def engine_path(onnx_path: Path, precision: str) -> Path:
     return onnx_path.with_name(f"{onnx_path.stem}_{precision}.engine")
 
 
-def engine_sources(target: str | Path, precision: str, force: bool) -> list[Path]:
+def engine_sources(target: str | Path, precision: str, force: bool, timing_cache: str | None = None) -> list[Path]:
     """The ONNX files to build from ``target`` (a file, or every ``.onnx`` in a folder), after refusing engine
-    outputs that exist without ``force`` or would replace an input."""
+    outputs that exist without ``force``, would replace an input, or are the ``timing_cache`` file."""
     target = Path(target)
     sources = sorted(target.glob("*.onnx")) if target.is_dir() else [target]
     if not sources or not all(path.is_file() for path in sources):
         raise PrtkInputError(f"no ONNX file at {target}")
+    outputs: list[tuple[str, Path | str | None]] = [("--timing-cache", timing_cache)]
     for source in sources:
         check_buildable(source, precision)
         engine = engine_path(source, precision)
+        inputs = {"ONNX": source, "ONNX sidecar": source.with_suffix(".json")}
+        check_not_an_input(timing_cache or source.parent / "timing.cache", inputs)
         for output in (engine, engine.with_suffix(".json")):
-            check_not_an_input(output, {"ONNX": source, "ONNX sidecar": source.with_suffix(".json")})
+            check_not_an_input(output, inputs)
             check_writable(output, force)
+            outputs.append(("the engine" if output == engine else "the engine's sidecar", output))
+    check_distinct_outputs(outputs)
     return sources
 
 

@@ -151,3 +151,12 @@ def test_a_16_bit_grayscale_image_reads_as_its_8_bit_twin(tmp_path):
     assert np.array_equal(load_image_folder(tmp_path / "eight", 32).images,
                           load_image_folder(tmp_path / "sixteen", 32).images)
     shutil.rmtree(tmp_path / "eight")
+
+
+def test_build_engine_timing_cache_is_neither_an_input_nor_an_engine(run_cli, tmp_path):
+    assert run_cli(*EXPORT, "--out", tmp_path, "--no-check").exit_code == 0
+    graph = tmp_path / f"{SHAPES}_keep0.60.onnx"
+    assert_one_line_error(run_cli("build-engine", tmp_path, "--timing-cache", graph), "is the input ONNX")
+    engine = tmp_path / f"{SHAPES}_keep0.60_fp16.engine"
+    assert_one_line_error(run_cli("build-engine", tmp_path, "--timing-cache", engine),
+                          f"--timing-cache {engine} is also the engine {engine} of this command")

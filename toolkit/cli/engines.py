@@ -35,7 +35,7 @@ def build_engine_command(target, precision, batch_profile, workspace, timing_cac
 
     config = EngineConfig(precision, parse_batch_profile(batch_profile), workspace, timing_cache)
     config.check()
-    sources = engine_sources(target, precision, force)
+    sources = engine_sources(target, precision, force, timing_cache)
     for engine in build_engines(sources, config, force):
         click.echo(f"wrote {engine}", err=True)
 
