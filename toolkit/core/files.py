@@ -308,7 +308,8 @@ def prepare_run_folder(folder: Path, run_key: dict, discard: bool) -> None:
             found = {}
         differing = sorted(name for name in set(found) | set(run_key) if found.get(name) != run_key.get(name))
         threads = (f" (it ran with {found['threads']} intra-op threads, this run has {run_key['threads']}: give "
-                   "--threads or OMP_NUM_THREADS the same count to continue it)" if differing == ["threads"] else "")
+                   "--threads or OMP_NUM_THREADS the same count to continue it)"
+                   if differing == ["threads"] and "threads" in found else "")
         raise PrtkInputError(f"{folder} holds a run with other {', '.join(differing) or 'settings'}{threads}: "
                              "remove it or pass --force to start over")
     folder.mkdir(parents=True, exist_ok=True)
