@@ -81,12 +81,12 @@ def engine_sources(target: str | Path, precision: str, force: bool, timing_cache
     return sources
 
 
-def check_buildable(onnx_path: Path, precision: str) -> onnx.ModelProto:
+def check_buildable(onnx_path: Path, precision: str) -> tuple[ArtifactFile, onnx.ModelProto]:
     """Refuse, in one line, a graph TensorRT cannot build at ``precision``: operators outside ONNX's own domain
     (``--optimize O2``), dynamic quantization (``--quantize int8-dynamic``), an int8 build from a graph without
     Q/DQ nodes (TensorRT 10 builds int8 from explicit quantization only), a float build from a Q/DQ graph, a graph
     whose description does not list TensorRT among its runtimes (its export's TensorRT check failed), and a
-    sidecar that is not the graph's own description. Returns the graph, as read."""
+    sidecar that is not the graph's own description. Returns the artifact and the graph, as read."""
     artifact = ArtifactFile.read(onnx_path)
     model = load_graph(onnx_path)
     domains = custom_domains(model)
@@ -107,7 +107,7 @@ def check_buildable(onnx_path: Path, precision: str) -> onnx.ModelProto:
         raise PrtkInputError(f"{onnx_path.name} is not for TensorRT (its runtimes: "
                              f"{', '.join(artifact.sidecar['runtimes']) or 'none'})"
                              + (f": its export's TensorRT check failed ({failed['detail']})" if failed else ""))
-    return model
+    return artifact, model
 
 
 def build_engines(sources: list[Path], config: EngineConfig, force: bool = False) -> Iterator[Path]:
@@ -126,7 +126,7 @@ def build_engine(onnx_path: str | Path, config: EngineConfig, force: bool = Fals
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise PrtkInputError(f"ONNX file not found: {onnx_path}")
-    model = check_buildable(onnx_path, config.precision)
+    artifact, model = check_buildable(onnx_path, config.precision)
     out = check_writable(engine_path(onnx_path, config.precision), force)
     check_writable(out.with_suffix(".json"), force)
     image = model.graph.input[0]
@@ -134,7 +134,7 @@ def build_engine(onnx_path: str | Path, config: EngineConfig, force: bool = Fals
     cache = Path(config.timing_cache) if config.timing_cache else None
     built = build_engine_bytes(onnx_path, image.name, shape, config.precision, config.batch, config.workspace_gib,
                                cache)
-    write_engine(out, built.engine, ArtifactFile.read(onnx_path).sidecar | {"files": [out.name], "tensorrt": {
+    write_engine(out, built.engine, artifact.sidecar | {"files": [out.name], "tensorrt": {
         "version": built.tensorrt_version, "gpu": built.gpu, "compute_capability": built.compute_capability,
         "builder": built.builder, "precision": config.precision,
         "batch_profile": dict(zip(("min", "opt", "max"), config.batch, strict=True)),

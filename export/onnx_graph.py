@@ -238,28 +238,24 @@ def graph_facts(model: onnx.ModelProto) -> GraphFacts:
     except json.JSONDecodeError:
         description = None
     ops = {node.op_type for node in model.graph.node}
+    producers = {output: node for node in model.graph.node for output in node.output}
     return GraphFacts(input=value_facts(model.graph.input[0]),
                       outputs=[value_facts(output) for output in model.graph.output],
-                      precision=precision, embedding_normalized=_normalizes(model, "embedding"),
+                      precision=precision, embedding_normalized=_normalizes(producers, "embedding"),
                       description=description, custom_domains=custom_domains(model),
                       opset=next((entry.version for entry in model.opset_import if entry.domain in ONNX_DOMAINS), 0),
-                      structure=graph_structure(model), keep_counts=_topk_counts(model),
+                      structure=graph_structure(model), keep_counts=_topk_counts(model, producers),
                       quantization=("int8-static" if "QuantizeLinear" in ops else
                                     "int8-dynamic" if "DynamicQuantizeLinear" in ops else None),
-                      int8_nodes=_int8_nodes(model),
+                      int8_nodes=_int8_nodes(model, producers),
                       external_files=tuple(sorted({entry.value for tensor in model.graph.initializer
                                                    if tensor.data_location == onnx.TensorProto.EXTERNAL
                                                    for entry in tensor.external_data if entry.key == "location"})))
 
 
-def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {output: node for node in model.graph.node for output in node.output}
-
-
-def _normalizes(model: onnx.ModelProto, output: str) -> bool:
+def _normalizes(producers: dict[str, onnx.NodeProto], output: str) -> bool:
     """Whether graph output ``output`` is ``x / f(ReduceL2(x))`` (F.normalize: Div by the clamped, expanded norm;
-    the Casts of an fp16 graph looked through)."""
-    producers = _producers(model)
+    the Casts of an fp16 graph looked through); ``producers`` maps each tensor to the node that writes it."""
 
     def uncast(name: str) -> str:
         while name in producers and producers[name].op_type == "Cast":
@@ -279,22 +275,20 @@ def _normalizes(model: onnx.ModelProto, output: str) -> bool:
     return False
 
 
-def _int8_nodes(model: onnx.ModelProto) -> int:
+def _int8_nodes(model: onnx.ModelProto, producers: dict[str, onnx.NodeProto]) -> int:
     """Weight GEMMs computed in int8: ``MatMulInteger`` (dynamic), or MatMul/Gemm whose input is an initializer
     dequantized by ``DequantizeLinear`` (Q/DQ)."""
     weights = {tensor.name for tensor in model.graph.initializer}
-    producers = _producers(model)
     return sum(node.op_type == "MatMulInteger" or (node.op_type in ("MatMul", "Gemm") and any(
         name in producers and producers[name].op_type == "DequantizeLinear" and producers[name].input[0] in weights
         for name in node.input)) for node in model.graph.node)
 
 
-def _topk_counts(model: onnx.ModelProto) -> tuple[int, ...]:
+def _topk_counts(model: onnx.ModelProto, producers: dict[str, onnx.NodeProto]) -> tuple[int, ...]:
     """K of every TopK node that keeps patches, in graph order (-1 where K is not a constant initializer): prtk's
     graphs choose patches by TopK on their scores, then sort the chosen indices ascending with a TopK on their
     negation (``prtk.pruning.tower.ascending``), which is not counted."""
     constants = {tensor.name: tensor for tensor in model.graph.initializer}
-    producers = _producers(model)
     counts = []
     for node in model.graph.node:
         sorting = node.input[0] in producers and producers[node.input[0]].op_type == "Neg"
