@@ -58,6 +58,14 @@ def run(main: Callable[[], None]) -> None:
         sys.exit(2)
 
 
+def parse_batches(text: str) -> list[int]:
+    """``--batches 1,32`` -> [1, 32]; anything but comma-separated integers is bad input."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise PrtkInputError(f"--batches must be comma-separated integers, got {text!r}") from None
+
+
 def add_json_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_path", metavar="FILE", default=None, help="also write the results as JSON")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")

@@ -20,7 +20,8 @@ import tempfile
 import numpy as np
 import onnxruntime
 
-from bench_cli import add_json_arguments, add_model_arguments, check_json, load_model, parser_for, run, write_json
+from bench_cli import (add_json_arguments, add_model_arguments, check_json, load_model, parse_batches, parser_for,
+                       run, write_json)
 from prtk.core.errors import PrtkInputError
 from prtk.export.exporter import ExportConfig, export_models
 from prtk.export.levels import OPTIMIZE_LEVELS
@@ -39,10 +40,7 @@ def arguments():
     parser.add_argument("--runs", type=int, default=7, help="timed rounds per batch (default 7)")
     add_json_arguments(parser)
     args = parser.parse_args()
-    try:
-        args.batches = [int(part) for part in args.batches.split(",")]
-    except ValueError:
-        raise PrtkInputError(f"--batches must be comma-separated integers, got {args.batches!r}") from None
+    args.batches = parse_batches(args.batches)
     args.levels = args.levels.split(",")
     unknown = [level for level in args.levels if level not in OPTIMIZE_LEVELS]
     if unknown or min(args.batches) < 1 or args.runs < 1:

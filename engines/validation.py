@@ -32,9 +32,12 @@ from prtk.export.onnxruntime_session import onnxruntime_optimization
 from prtk.export.tensor_comparison import RunRecorder, TensorComparison, tolerance_flags
 from prtk.models import LoadedClip
 
+from .cpp_program import CppProgram
 from .runners import OnnxRuntimeRunner, OpenVinoRunner, Runner
 
 ONNX_BACKENDS = ("onnxruntime", "openvino")
+PROGRAM_BACKENDS = {"cpp-openvino": "openvino"}  # the compiled prtk-embed program -> the runtime it runs the graph on
+BACKENDS = ONNX_BACKENDS + tuple(PROGRAM_BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class ValidationReport:
 
     artifact: str
     backend: str
+    program: CppProgram | None  # the C++ program that ran the artifact (cpp-openvino), with its build
     precision: str
     model: str
     weights_sha256: str
@@ -128,21 +132,30 @@ class ValidationReport:
 def validate(clip: LoadedClip, artifact: ArtifactFile, data_root: str | Path, thresholds: Thresholds,
              pack_path: str | None = None, limit: int | None = None, batch_size: int = 64,
              progress: Callable[[int, int], None] | None = None, backend: str = "onnxruntime",
-             results_path: str | Path | None = None) -> ValidationReport:
-    """Run the artifact (an ONNX graph on ``backend``: ``ONNX_BACKENDS``; an engine on TensorRT) and its references
-    over ``data_root``; ``report.passed`` is the verdict. With ``results_path``, the tensor comparison's run results
-    are written there (Polygraphy's JSON) and its data loader beside them (``inputs_script_path``)."""
+             results_path: str | Path | None = None, program: CppProgram | None = None) -> ValidationReport:
+    """Run the artifact (an ONNX graph on ``backend``: ``BACKENDS``; an engine on TensorRT) and its references over
+    ``data_root``; ``report.passed`` is the verdict. A ``PROGRAM_BACKENDS`` backend is the compiled ``program``, which
+    decodes and preprocesses the image files itself. With ``results_path``, the tensor comparison's run results are
+    written there (Polygraphy's JSON) and its data loader beside them (``inputs_script_path``)."""
     from prtk.data.folder import ImageFolderDataset, class_display_name, make_loader
     from prtk.export.checks import kept_index_overlap
     from prtk.models.zeroshot import class_embeddings, zero_shot_logits
 
     reference = artifact.reference(clip, pack_path)  # refuses a description its reference contradicts
-    runner = artifact_runner(artifact, backend)
     dataset = ImageFolderDataset(data_root, clip.preprocess, clip.spec.image_size, limit)
+    if backend in PROGRAM_BACKENDS:
+        check_backend(artifact, backend)
+        if program is None:
+            raise PrtkInputError(f"backend {backend} needs the compiled program (prtk cpp build)")
+        run = ProgramOutputs(program, artifact.path, [record.path for record in dataset.records], batch_size)
+        runner_name = "prtk-embed"
+    else:
+        runner = artifact_runner(artifact, backend)
+        run, runner_name = (lambda images, indices: runner(images)), runner.name
     classifier = class_embeddings(clip.model, clip.tokenizer, [class_display_name(c) for c in dataset.classes])
     columns: dict[str, list] = {name: [] for name in ("label", "unpruned", "pruned", "artifact", "cosine",
                                                        "relative", "kept_overlap")}
-    recorder = RunRecorder(runner.name)
+    recorder = RunRecorder(runner_name)
     done = 0
     for images, labels, indices, errors in make_loader(dataset, batch_size, 0):
         bad = next((i for i, error in enumerate(errors) if error), None)
@@ -151,7 +164,7 @@ def validate(clip: LoadedClip, artifact: ArtifactFile, data_root: str | Path, th
         with torch.inference_mode():
             unpruned = clip.visual(images)
             expected = dict(zip(reference.output_names, reference(images), strict=True))
-        got = runner(images)
+        got = run(images, indices.tolist())
         recorder.add({name: value.numpy() for name, value in expected.items()}, got)
         embedding = torch.from_numpy(got["embedding"]).float()
         columns["label"] += labels.tolist()
@@ -171,8 +184,33 @@ def validate(clip: LoadedClip, artifact: ArtifactFile, data_root: str | Path, th
     if results_path is not None:
         _save_results(recorder, Path(results_path), inputs_script(artifact.path, data_root, limit, batch_size))
     command = polygraphy_command(artifact, comparison, results_path)
-    return _report(artifact, runner.name, clip, dataset, columns, comparison,
-                   None if results_path is None else str(results_path), command, thresholds, str(data_root))
+    return _report(artifact, backend if backend in PROGRAM_BACKENDS else runner_name, program, clip, dataset,
+                   columns, comparison, None if results_path is None else str(results_path), command, thresholds,
+                   str(data_root))
+
+
+class ProgramOutputs:
+    """The compiled program's outputs for a dataset's image files, run ``chunk`` images at a time as validation asks
+    for them (``__call__(images, indices)``: the rows of dataset ``indices``; ``images``, the Python side's tensors,
+    are not used: the program reads the files)."""
+
+    def __init__(self, program: CppProgram, artifact: Path, paths: list[Path], batch_size: int, chunk: int = 2048):
+        self.program, self.artifact, self.paths = program, artifact, paths
+        self.batch_size, self.chunk = batch_size, chunk
+        self._start: int | None = None
+        self._outputs: dict[str, np.ndarray] = {}
+
+    def __call__(self, images: torch.Tensor, indices: list[int]) -> dict[str, np.ndarray]:
+        rows: dict[str, list[np.ndarray]] = {}
+        for index in indices:
+            start = index - index % self.chunk
+            if start != self._start:
+                self._outputs = self.program.embed(self.artifact, self.paths[start:start + self.chunk],
+                                                   self.batch_size)
+                self._start = start
+            for name, values in self._outputs.items():
+                rows.setdefault(name, []).append(values[index - start])
+        return {name: np.stack(values) for name, values in rows.items()}
 
 
 def _save_results(recorder: RunRecorder, results_path: Path, script: str) -> None:
@@ -224,17 +262,20 @@ def polygraphy_command(artifact: ArtifactFile, comparison: TensorComparison, res
 
 
 def runs_on(artifact: ArtifactFile, backend: str) -> bool:
-    """Whether ONNX runtime ``backend`` (``ONNX_BACKENDS``) runs the graph ``artifact``: its description lists it
-    (the runtimes of its level and quantization whose export checks passed)."""
-    return backend in artifact.sidecar["runtimes"]
+    """Whether ``backend`` (``BACKENDS``) runs the graph ``artifact``: its description lists the runtime (the runtimes
+    of its level and quantization whose export checks passed; the C++ program's runtime for ``PROGRAM_BACKENDS``)."""
+    return PROGRAM_BACKENDS.get(backend, backend) in artifact.sidecar["runtimes"]
 
 
 def check_backend(artifact: ArtifactFile, backend: str) -> None:
-    """Refuse a backend that cannot run ``artifact``: not an ONNX runtime, or one its sidecar does not list."""
+    """Refuse a backend that cannot run ``artifact``: not an ONNX runtime, or one its sidecar does not list (an
+    engine runs on TensorRT, and only there)."""
     if artifact.path.suffix == ".engine":
+        if backend in PROGRAM_BACKENDS:
+            raise PrtkInputError(f"{artifact.path.name} is a TensorRT engine; {backend} runs .onnx graphs")
         return
-    if backend not in ONNX_BACKENDS:
-        raise PrtkInputError(f"an ONNX graph is validated on one of {', '.join(ONNX_BACKENDS)}, got {backend!r}")
+    if backend not in BACKENDS:
+        raise PrtkInputError(f"an ONNX graph is validated on one of {', '.join(BACKENDS)}, got {backend!r}")
     if not runs_on(artifact, backend):
         raise PrtkInputError(f"{artifact.path.name} runs on {', '.join(artifact.sidecar['runtimes']) or 'no runtime'} "
                              f"only (its description's runtimes), not on {backend}")
@@ -244,6 +285,8 @@ def artifact_runner(artifact: ArtifactFile, backend: str = "onnxruntime") -> Run
     """The runner of a deployed file: a TensorRT engine, or an ONNX graph on ``backend`` (ONNX Runtime at its
     precision's optimisation level, or OpenVINO)."""
     check_backend(artifact, backend)
+    if backend in PROGRAM_BACKENDS:
+        raise PrtkInputError(f"backend {backend} runs image files through the compiled program, not tensors")
     if artifact.path.suffix == ".engine":
         from .tensorrt_adapter import TensorRTRunner
 
@@ -253,7 +296,7 @@ def artifact_runner(artifact: ArtifactFile, backend: str = "onnxruntime") -> Run
     return OnnxRuntimeRunner(artifact.path, optimization=onnxruntime_optimization(artifact.precision))
 
 
-def _report(artifact: ArtifactFile, backend: str, clip: LoadedClip, dataset, columns: dict,
+def _report(artifact: ArtifactFile, backend: str, program: CppProgram | None, clip: LoadedClip, dataset, columns: dict,
             comparison: TensorComparison, results: str | None, command: str, thresholds: Thresholds,
             data_root: str) -> ValidationReport:
     labels = np.array(columns["label"])
@@ -285,7 +328,7 @@ def _report(artifact: ArtifactFile, backend: str, clip: LoadedClip, dataset, col
                                                        == predictions["pruned"][chosen]).mean()) if chosen.any()
                            else 0.0}
     return ValidationReport(
-        artifact=str(artifact.path), backend=backend, precision=artifact.precision, model=clip.name,
+        artifact=str(artifact.path), backend=backend, program=program, precision=artifact.precision, model=clip.name,
         weights_sha256=clip.weights_sha256, pruning=artifact.sidecar["pruning"],
         data={"root": data_root, "images": int(len(labels)), "classes": dataset.classes}, top1=top1,
         delta_vs_unpruned=top1["artifact"] - top1["unpruned"], delta_vs_pruned=delta_pruned, agreement=agreement,
@@ -311,7 +354,9 @@ def markdown_report(report: ValidationReport) -> str:
     verdict = "PASS" if report.passed else f"FAIL ({', '.join(report.failed)})"
     lines = [f"# prtk validate: {Path(report.artifact).name} — {verdict}", "",
              f"{report.model} ({report.precision}, on {report.backend}), {report.data['images']} images from "
-             f"`{report.data['root']}`.", "",
+             f"`{report.data['root']}`."
+             + (f" The images were decoded, preprocessed and run by the C++ program `{report.program.path}` "
+                f"({report.program.compiler}; {report.program.runtime})." if report.program else ""), "",
              "| model | top-1 % |", "|---|---|",
              f"| unpruned (PyTorch) | {top1['unpruned']:.2f} |", f"| pruned (PyTorch) | {top1['pruned']:.2f} |",
              f"| artifact | {top1['artifact']:.2f} |", "",

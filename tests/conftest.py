@@ -59,16 +59,17 @@ def shapes_dir(tmp_path_factory) -> Path:
     return write_shapes_folder(tmp_path_factory.mktemp("data") / "shapes", count=40, seed=1, size=32)
 
 
-def run_prtk_process(*args, timeout: float = 900):
-    """Run ``python -m prtk.cli ARGS`` in a process of its own; returns exit_code, stdout, stderr and output like
-    ``run_cli``. For OpenVINO: its TBB thread pool makes a later fork() in the same process (a DataLoader worker
-    in another test) crash, so the test process never loads it."""
+def run_prtk_process(*args, timeout: float = 900, env: dict[str, str] | None = None):
+    """Run ``python -m prtk.cli ARGS`` in a process of its own (``env``: variables set for it); returns exit_code,
+    stdout, stderr and output like ``run_cli``. For OpenVINO: its TBB thread pool makes a later fork() in the same
+    process (a DataLoader worker in another test) crash, so the test process never loads it."""
+    import os
     import subprocess
     import sys
     from types import SimpleNamespace
 
     done = subprocess.run([sys.executable, "-m", "prtk.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=None if env is None else os.environ | env)
     return SimpleNamespace(exit_code=done.returncode, stdout=done.stdout, stderr=done.stderr,
                            output=done.stdout + done.stderr)
 

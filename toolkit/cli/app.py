@@ -7,6 +7,7 @@ import click
 from prtk import __version__
 from prtk.cli.base import PrtkGroup
 from prtk.cli.catalog import make_shapes_command, models_command
+from prtk.cli.cpp import cpp_group
 from prtk.cli.engines import bench_command, build_engine_command, validate_command
 from prtk.cli.evaluate import eval_command
 from prtk.cli.export import export_command
@@ -30,7 +31,7 @@ def cli():
     reuse_freed_memory()
 
 
-for command in (bench_command, build_engine_command, eval_command, export_command, make_shapes_command,
+for command in (bench_command, build_engine_command, cpp_group, eval_command, export_command, make_shapes_command,
                 models_command, prune_structure_command, quickstart_command, rank_command, train_command,
                 train_testbed_command, validate_command):
     cli.add_command(command)

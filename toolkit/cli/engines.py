@@ -122,8 +122,13 @@ def bench_command(ctx, artifacts, model_name, pretrained, checkpoint, model_conf
 @click.argument("artifact", metavar="ARTIFACT")
 @model_options
 @click.option("--data", "data_root", metavar="DIR", required=True, help="Labelled ImageFolder to validate on.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
-              help="Runtime that runs an .onnx artifact (an .engine runs on TensorRT).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "cpp-openvino"]), default="onnxruntime",
+              show_default=True,
+              help="What runs an .onnx artifact: ONNX Runtime or OpenVINO from Python on preprocessed tensors, or "
+                   "cpp-openvino: the compiled C++ program prtk-embed (`prtk cpp build`) on the image files, which "
+                   "it decodes and preprocesses itself, as a C++ application does. An .engine runs on TensorRT.")
+@click.option("--cpp-program", metavar="PATH", default=None,
+              help="The prtk-embed program for --backend cpp-openvino  [default: the one `prtk cpp build` built]")
 @click.option("--pack", metavar="FILE", default=None, help="The pack the artifact was exported from (if any).")
 @click.option("--limit", type=int, default=None, metavar="N", help="Validate on an evenly spaced subset of N images.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per run.")
@@ -150,8 +155,8 @@ def bench_command(ctx, artifacts, model_name, pretrained, checkpoint, model_conf
 @force_option("Overwrite existing reports and results.")
 @click.pass_context
 def validate_command(ctx, artifact, model_name, pretrained, checkpoint, model_config, random_weights, seed,
-                     data_root, backend, pack, limit, batch_size, min_agreement, min_cosine, max_accuracy_delta,
-                     max_abs_diff, max_relative_error, report_prefix, results_path, force):
+                     data_root, backend, cpp_program, pack, limit, batch_size, min_agreement, min_cosine,
+                     max_accuracy_delta, max_abs_diff, max_relative_error, report_prefix, results_path, force):
     """Prove an exported .onnx (or .engine) gives its PyTorch reference's answers; exit 0 pass, 1 fail.
 
     The sidecar must be the graph's own description (the one embedded in the ONNX metadata) and agree
@@ -163,11 +168,15 @@ def validate_command(ctx, artifact, model_name, pretrained, checkpoint, model_co
     """
     from prtk.core.console import progress_bar
     from prtk.core.errors import PrtkInputError
-    from prtk.engines.validation import Thresholds, check_backend, inputs_script_path, validate, write_report
+    from prtk.engines.cpp_program import CppProgram
+    from prtk.engines.validation import (PROGRAM_BACKENDS, Thresholds, check_backend, inputs_script_path, validate,
+                                         write_report)
     from prtk.export.artifact import ArtifactFile
 
+    refuse_unless(ctx, ("cpp_program",), backend in PROGRAM_BACKENDS, "--backend cpp-openvino")
     target = ArtifactFile.read(artifact)
     check_backend(target, backend)
+    program = CppProgram.find(cpp_program) if backend in PROGRAM_BACKENDS else None
     thresholds = Thresholds.for_precision(target.precision, min_agreement=min_agreement, min_cosine=min_cosine,
                                           max_accuracy_delta=max_accuracy_delta, max_abs_diff=max_abs_diff,
                                           max_relative_error=max_relative_error)
@@ -184,7 +193,7 @@ def validate_command(ctx, artifact, model_name, pretrained, checkpoint, model_co
             else load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed))
     with progress_bar(f"validate {target.path.name}") as update:
         report = validate(clip, target, data_root, thresholds, pack, limit, batch_size, progress=update,
-                          backend=backend, results_path=results_path)
+                          backend=backend, results_path=results_path, program=program)
     click.echo(write_report(report, markdown_path, json_path))
     click.echo(f"wrote {markdown_path} and {json_path}", err=True)
     if results_path is not None:
