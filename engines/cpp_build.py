@@ -78,7 +78,7 @@ def cmake_arguments(build_dir: Path, tensorrt: bool, sanitize: bool, defines: tu
             raise PrtkInputError(f"--define must be KEY=VALUE (a CMake cache entry as cmake -D takes it), got "
                                  f"{define!r}")
     return ["cmake", "-S", str(SOURCE_DIR), "-B", str(build_dir), f"-DOpenVINO_DIR={openvino_cmake_dir()}",
-            "-DCMAKE_BUILD_TYPE=" + ("RelWithDebInfo" if sanitize else "Release"),
+            "-DCMAKE_BUILD_TYPE=" + ("Debug" if sanitize else "Release"),
             f"-DPRTK_TENSORRT={'ON' if tensorrt else 'AUTO'}", f"-DPRTK_SANITIZE={'ON' if sanitize else 'OFF'}",
             *(f"-D{define}" for define in defines)]
 
@@ -88,8 +88,9 @@ def build(build_dir: str | Path | None = None, tensorrt: bool = False, sanitize:
           progress: Callable[[int, int], None] | None = None) -> CppBuild:
     """Configure and build ``engines/cpp`` into ``build_dir`` (default ``default_build_dir()``; rebuilt in place when
     it is one already). ``tensorrt``: the TensorRT backend is required (else built only where found); ``sanitize``:
-    with AddressSanitizer and UndefinedBehaviorSanitizer; ``defines``: more CMake cache entries (``KEY=VALUE``);
-    ``progress(done, 2)`` after configuring and building. Bad setups are ``PrtkInputError`` naming what to install."""
+    a Debug build (-O0 -g) with AddressSanitizer and UndefinedBehaviorSanitizer; ``defines``: more CMake cache entries
+    (``KEY=VALUE``); ``progress(done, 2)`` after configuring and building. Bad setups are ``PrtkInputError`` naming
+    what to install."""
     folder = Path(build_dir) if build_dir is not None else default_build_dir()
     configure = cmake_arguments(folder, tensorrt, sanitize, defines)
     if shutil.which("cmake") is None:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from prtk.cli.base import PrtkCommand, PrtkGroup, emit_json, force_option, json_option
+from prtk.cli.base import PrtkCommand, PrtkGroup, check_json_destination, emit_json, force_option, json_option
 
 
 @click.group("cpp", cls=PrtkGroup)
@@ -22,7 +22,8 @@ def cpp_group():
 @click.option("--tensorrt", is_flag=True,
               help="Require the TensorRT backend (fail if CMake finds no TensorRT and CUDA); without it, the "
                    "backend is built only where found.")
-@click.option("--sanitize", is_flag=True, help="Build with AddressSanitizer and UndefinedBehaviorSanitizer.")
+@click.option("--sanitize", is_flag=True,
+              help="A Debug build (-O0 -g) with AddressSanitizer and UndefinedBehaviorSanitizer.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Parallel compile jobs  [default: CPU count]")
 @click.option("--define", "defines", metavar="KEY=VALUE", multiple=True,
               help="A CMake cache entry, as cmake -D takes it (repeatable), e.g. TENSORRT_ROOT=/opt/tensorrt or "
@@ -35,7 +36,6 @@ def build_command(build_dir, tensorrt, sanitize, jobs, defines, json_path, force
     Needs a C++17 compiler, CMake >= 3.17, and libjpeg-turbo and libpng with their headers (Debian:
     g++ cmake libjpeg62-turbo-dev libpng-dev); a missing one is one line that names it.
     """
-    from prtk.cli.base import check_json_destination
     from prtk.core.console import progress_bar
     from prtk.core.files import check_distinct_outputs
     from prtk.engines.cpp_build import build, default_build_dir
