@@ -3,6 +3,7 @@ and a gather of per-process results onto rank 0."""
 
 from __future__ import annotations
 
+import atexit
 import os
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -36,6 +37,7 @@ def torchrun_world() -> tuple[Shard, Callable[[dict], dict | None]] | None:
 
     if not dist.is_initialized():
         dist.init_process_group("gloo")
+        atexit.register(_leave_process_group)
     rank, world = dist.get_rank(), dist.get_world_size()
 
     def gather(results: dict) -> dict | None:
@@ -49,6 +51,18 @@ def torchrun_world() -> tuple[Shard, Callable[[dict], dict | None]] | None:
         return merged
 
     return Shard(rank, world), gather
+
+
+def _leave_process_group() -> None:
+    """At exit: wait for every process, then tear the process group down, so that gloo's threads stop while the
+    interpreter still runs (a rank that exited first, the group left to interpreter shutdown, was seen to abort)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 @contextmanager
