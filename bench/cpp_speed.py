@@ -33,7 +33,6 @@ from prtk.engines.cpp_program import CppProgram
 from prtk.engines.runners import OpenVinoRunner
 from prtk.export.artifact import ArtifactFile
 from prtk.export.exporter import ExportConfig, export_models
-from prtk.pruning.cost import block_cost_ratio
 from speed_report import paired
 
 
@@ -72,11 +71,12 @@ def main() -> None:
     check_json(args)
     program = CppProgram.find(args.program)
     clip = load_model(args, random_by_default=args.model is not None and not args.model.startswith("prtk-testbed"))
-    bound = 1 / block_cost_ratio(clip.spec, args.keep, clip.spec.layers // 4)
-    results = {"program": program.description, "model": clip.name, "keep": args.keep, "bound": bound, "batches": {}}
     with tempfile.TemporaryDirectory() as folder:
         records = export_models(clip, ExportConfig(keeps=(args.keep,), full=True, check=False), Path(folder), None)
         graphs = {("full" if record.meta["pruning"] is None else "keep"): record.path for record in records}
+        bound = 1 / next(record.meta["pruning"]["block_cost_ratio"] for record in records if record.meta["pruning"])
+        results = {"program": program.description, "model": clip.name, "keep": args.keep, "bound": bound,
+                   "batches": {}}
         transform = ArtifactFile.read(graphs["keep"]).preprocessing().transform()
         runners = {tower: OpenVinoRunner(path) for tower, path in graphs.items()}
         rng = np.random.default_rng(0)

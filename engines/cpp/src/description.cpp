@@ -5,7 +5,9 @@
 
 #include "artifact_files.hpp"
 #include "json.hpp"
+#include "preprocess.hpp"
 #include "prtk/embedder.hpp"
+#include "text.hpp"
 
 namespace prtk {
 
@@ -25,10 +27,6 @@ std::string sidecar_path(const std::string& artifact) {
   const size_t dot = artifact.find_last_of('.');
   const bool has_suffix = dot != std::string::npos && (slash == std::string::npos || dot > slash);
   return (has_suffix ? artifact.substr(0, dot) : artifact) + ".json";
-}
-
-bool ends_with(const std::string& text, const std::string& end) {
-  return text.size() >= end.size() && text.compare(text.size() - end.size(), end.size(), end) == 0;
 }
 
 // Reads the description's fields, naming the dotted key of anything missing or of the wrong type.
@@ -129,14 +127,8 @@ Description facts(const json::Value& root, const std::string& artifact) {
   if (preprocessing.size < 1) fields.fail("has a resize size below 1");
   preprocessing.resize_mode = fields.text("input.resize.mode");
   preprocessing.interpolation = fields.text("input.resize.interpolation");
-  if (preprocessing.resize_mode != "shortest" && preprocessing.resize_mode != "squash") {
-    fields.fail("has the resize mode '" + preprocessing.resize_mode + "', which this program does not implement "
-                "(shortest, squash)");
-  }
-  if (preprocessing.interpolation != "bicubic" && preprocessing.interpolation != "bilinear") {
-    fields.fail("has the interpolation '" + preprocessing.interpolation + "', which this program does not "
-                "implement (bicubic, bilinear)");
-  }
+  const std::string lacking = unimplemented(preprocessing);
+  if (!lacking.empty()) fields.fail("has " + lacking);
   const std::string crop = fields.text("input.resize.crop");
   const std::string expected_crop = preprocessing.resize_mode == "squash" ? "none" : "center";
   if (crop != expected_crop) {

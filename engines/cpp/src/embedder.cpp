@@ -3,6 +3,7 @@
 #include "artifact_files.hpp"
 #include "backends.hpp"
 #include "prtk/embedder.hpp"
+#include "text.hpp"
 
 namespace prtk {
 
@@ -25,30 +26,26 @@ std::string compiler() {
 }
 
 std::string build_info() {
-  std::string backends;
-  for (const std::string& backend : available_backends()) backends += (backends.empty() ? "" : ", ") + backend;
-  return compiler() + "; " + openvino_version() + "; backends: " + backends;
+  return compiler() + "; " + openvino_version() + "; backends: " + joined(available_backends());
 }
 
 Embedder::Embedder(const std::string& artifact, const Options& options) {
   const std::vector<std::string> backends = available_backends();
   if (std::find(backends.begin(), backends.end(), options.backend) == backends.end()) {
     throw Error("backend '" + options.backend + "' is not built into this program (built: " +
-                (backends.size() == 1 ? backends[0] : backends[0] + ", " + backends[1]) + ")" +
+                joined(backends) + ")" +
                 (options.backend == "tensorrt" ? ": rebuild with TensorRT (prtk cpp build --tensorrt)" : ""));
   }
   CommitLock lock(folder_of(artifact));  // the description and the graph read as one pair
   description_ = read_description_unlocked(artifact);
-  const bool engine = artifact.size() >= 7 && artifact.compare(artifact.size() - 7, 7, ".engine") == 0;
+  const bool engine = ends_with(artifact, ".engine");
   if (engine != (options.backend == "tensorrt")) {
     throw Error(engine ? artifact + " is a TensorRT engine: run it with --backend tensorrt"
                        : "the TensorRT backend runs .engine files from prtk build-engine, got " + artifact);
   }
   const std::vector<std::string>& runtimes = description_.runtimes;
   if (!engine && std::find(runtimes.begin(), runtimes.end(), options.backend) == runtimes.end()) {
-    std::string listed;
-    for (const std::string& runtime : runtimes) listed += (listed.empty() ? "" : ", ") + runtime;
-    throw Error(artifact + " runs on " + (listed.empty() ? "no runtime" : listed) +
+    throw Error(artifact + " runs on " + (runtimes.empty() ? "no runtime" : joined(runtimes)) +
                 " only (its description's runtimes), not on " + options.backend);
   }
 #ifdef PRTK_WITH_TENSORRT

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "backends.hpp"
+#include "text.hpp"
 
 namespace prtk {
 
@@ -17,17 +18,12 @@ class OpenVinoBackend : public Backend {
  public:
   OpenVinoBackend(const Description& description, const Options& options)
       : description_(description), device_(options.device) {
-    if (description.path.size() < 5 || description.path.compare(description.path.size() - 5, 5, ".onnx") != 0) {
-      throw Error("the OpenVINO backend runs .onnx graphs, got " + description.path);
-    }
-    std::shared_ptr<ov::Model> model;
     try {
-      model = core_.read_model(description.path);
+      model_ = core_.read_model(description.path);
     } catch (const std::exception& error) {
       throw Error("OpenVINO cannot read " + description.path + ": " + first_line(error.what()));
     }
-    check_against(*model);
-    model_ = model;
+    check_against(*model_);
     if (device_ == "CPU") {
       settings_ = {ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY),
                    ov::hint::inference_precision(ov::element::f32)};
@@ -67,12 +63,11 @@ class OpenVinoBackend : public Backend {
     for (const char* virtual_device : {"AUTO", "MULTI", "HETERO", "BATCH"}) {
       if (device_.rfind(virtual_device, 0) == 0) return;  // they choose among the real ones themselves
     }
-    std::string seen;
-    for (const std::string& device : core_.get_available_devices()) {
+    const std::vector<std::string> seen = core_.get_available_devices();
+    for (const std::string& device : seen) {
       if (device == device_ || device.substr(0, device.find('.')) == device_) return;
-      seen += (seen.empty() ? "" : ", ") + device;
     }
-    throw Error("OpenVINO has no device " + device_ + " here (it sees " + (seen.empty() ? "none" : seen) + ")");
+    throw Error("OpenVINO has no device " + device_ + " here (it sees " + (seen.empty() ? "none" : joined(seen)) + ")");
   }
 
   // The request of the graph compiled with its batch fixed to `batch` (compiled on first use).

@@ -5,7 +5,7 @@
 // padding where the image is smaller), then ToTensor and Normalize in float32: (pixel / 255 - mean) / std.
 #include <cmath>
 
-#include "prtk/embedder.hpp"
+#include "preprocess.hpp"
 
 namespace prtk {
 
@@ -32,9 +32,7 @@ struct Filter {
 };
 
 Filter filter_named(const std::string& interpolation) {
-  if (interpolation == "bicubic") return {bicubic, 2.0};
-  if (interpolation == "bilinear") return {bilinear, 1.0};
-  throw Error("interpolation '" + interpolation + "' is not supported (bicubic, bilinear)");
+  return interpolation == "bicubic" ? Filter{bicubic, 2.0} : Filter{bilinear, 1.0};  // unimplemented() checked it
 }
 
 // For each output position: the first input index, the tap count, and `taps` fixed-point weights.
@@ -112,16 +110,20 @@ RgbImage resample_pass(const RgbImage& in, int out_size, bool horizontal, const 
 
 // PIL's Image.resize((width, height), filter), each pass only if its side changes: the horizontal pass first, unless
 // the height shrinks by more than twice what the width does (Pillow 13's order; Pillow 12 and earlier always went
-// horizontal first, and the two orders can differ by one level in some pixels).
-RgbImage resize(const RgbImage& image, int width, int height, const Filter& filter) {
+// horizontal first, and the two orders can differ by one level in some pixels). Returns `image` itself when neither
+// side changes, else the resized image, held in `scratch`.
+const RgbImage& resize(const RgbImage& image, int width, int height, const Filter& filter, RgbImage& scratch) {
   const int shrink_y = image.height - height, shrink_x = image.width - width;
   const bool vertical_first = shrink_y > 0 && shrink_y > shrink_x * 2;
-  RgbImage out = image;
+  const RgbImage* current = &image;
   for (const bool horizontal : {!vertical_first, vertical_first}) {
     const int target = horizontal ? width : height;
-    if (target != (horizontal ? out.width : out.height)) out = resample_pass(out, target, horizontal, filter);
+    if (target != (horizontal ? current->width : current->height)) {
+      scratch = resample_pass(*current, target, horizontal, filter);
+      current = &scratch;
+    }
   }
-  return out;
+  return *current;
 }
 
 // torchvision's CenterCrop along a side of `side` pixels: where smaller than `size`, padded with zeros by
@@ -133,19 +135,31 @@ int crop_offset(int side, int size) {
 
 }  // namespace
 
+std::string unimplemented(const Preprocessing& preprocessing) {
+  if (preprocessing.resize_mode != "shortest" && preprocessing.resize_mode != "squash") {
+    return "the resize mode '" + preprocessing.resize_mode + "', which this program does not implement "
+           "(shortest, squash)";
+  }
+  if (preprocessing.interpolation != "bicubic" && preprocessing.interpolation != "bilinear") {
+    return "the interpolation '" + preprocessing.interpolation + "', which this program does not implement "
+           "(bicubic, bilinear)";
+  }
+  return "";
+}
+
 void preprocess(const RgbImage& image, const Preprocessing& preprocessing, std::vector<float>& out) {
+  const std::string lacking = unimplemented(preprocessing);
+  if (!lacking.empty()) throw Error("cannot preprocess with " + lacking);
   const int size = preprocessing.size;
-  const Filter filter = filter_named(preprocessing.interpolation);
   int width = size, height = size;
   if (preprocessing.resize_mode == "shortest") {
     const bool portrait = image.width <= image.height;
     const long shorter = portrait ? image.width : image.height, longer = portrait ? image.height : image.width;
     const int resized_long = static_cast<int>(static_cast<double>(size * longer) / shorter);
     (portrait ? height : width) = resized_long;
-  } else if (preprocessing.resize_mode != "squash") {
-    throw Error("resize mode '" + preprocessing.resize_mode + "' is not supported (shortest, squash)");
   }
-  const RgbImage resized = resize(image, width, height, filter);
+  RgbImage scratch;
+  const RgbImage& resized = resize(image, width, height, filter_named(preprocessing.interpolation), scratch);
   const int top = crop_offset(resized.height, size), left = crop_offset(resized.width, size);
   const size_t base = out.size();
   out.resize(base + static_cast<size_t>(3) * size * size);

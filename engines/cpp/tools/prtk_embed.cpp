@@ -46,11 +46,6 @@ options:
 Exit status: 0 done, 2 bad input (one line on stderr: the artifact, an image or an option), 1 other failures.
 )";
 
-class BadInput : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
 struct Arguments {
   std::string artifact;
   std::vector<std::string> inputs;
@@ -66,7 +61,7 @@ int parse_int(const std::string& option, const std::string& text, int low, int h
   errno = 0;
   const long value = std::strtol(text.c_str(), &end, 10);
   if (text.empty() || *end != '\0' || errno != 0 || value < low || value > high) {
-    throw BadInput(option + " must be an integer in [" + std::to_string(low) + ", " + std::to_string(high) +
+    throw prtk::Error(option + " must be an integer in [" + std::to_string(low) + ", " + std::to_string(high) +
                    "], got '" + text + "'");
   }
   return static_cast<int>(value);
@@ -78,7 +73,7 @@ Arguments parse(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string word = argv[i];
     auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw BadInput(word + " needs a value");
+      if (i + 1 >= argc) throw prtk::Error(word + " needs a value");
       return argv[++i];
     };
     if (word == "--device") arguments.options.device = value();
@@ -92,15 +87,15 @@ Arguments parse(int argc, char** argv) {
     else if (word == "--bench") arguments.bench_rounds = parse_int(word, value(), 1, 1000000);
     else if (word == "--force") arguments.force = true;
     else if (word == "--json") arguments.json = true;
-    else if (word.size() > 1 && word[0] == '-') throw BadInput("unknown option " + word + " (see --help)");
+    else if (word.size() > 1 && word[0] == '-') throw prtk::Error("unknown option " + word + " (see --help)");
     else positional.push_back(word);
   }
-  if (positional.empty()) throw BadInput("no ARTIFACT given (see --help)");
+  if (positional.empty()) throw prtk::Error("no ARTIFACT given (see --help)");
   arguments.artifact = positional[0];
   arguments.inputs.assign(positional.begin() + 1, positional.end());
-  if (arguments.inputs.empty() && arguments.files_from.empty()) throw BadInput("no images given (see --help)");
+  if (arguments.inputs.empty() && arguments.files_from.empty()) throw prtk::Error("no images given (see --help)");
   if (arguments.options.backend != "openvino" && arguments.options.backend != "tensorrt") {
-    throw BadInput("--backend must be openvino or tensorrt, got '" + arguments.options.backend + "'");
+    throw prtk::Error("--backend must be openvino or tensorrt, got '" + arguments.options.backend + "'");
   }
   return arguments;
 }
@@ -127,7 +122,7 @@ bool is_image_name(const std::string& name) {
 
 void list_images(const std::string& folder, std::vector<std::string>& found) {
   DIR* directory = ::opendir(folder.c_str());
-  if (!directory) throw BadInput("cannot read folder " + folder + ": " + std::strerror(errno));
+  if (!directory) throw prtk::Error("cannot read folder " + folder + ": " + std::strerror(errno));
   std::vector<std::string> names;
   while (const dirent* entry = ::readdir(directory)) {
     const std::string name = entry->d_name;
@@ -148,21 +143,21 @@ std::vector<std::string> image_paths(const Arguments& arguments) {
     if (is_directory(input)) {
       const size_t before = paths.size();
       list_images(input, paths);
-      if (paths.size() == before) throw BadInput("no JPEG or PNG images in folder " + input);
+      if (paths.size() == before) throw prtk::Error("no JPEG or PNG images in folder " + input);
     } else if (exists(input)) {
       paths.push_back(input);
     } else {
-      throw BadInput("image not found: " + input);
+      throw prtk::Error("image not found: " + input);
     }
   }
   if (!arguments.files_from.empty()) {
     std::ifstream list(arguments.files_from);
-    if (!list) throw BadInput("cannot read --files-from " + arguments.files_from);
+    if (!list) throw prtk::Error("cannot read --files-from " + arguments.files_from);
     const size_t before = paths.size();
     for (std::string line; std::getline(list, line);) {
       if (!line.empty()) paths.push_back(line);
     }
-    if (paths.size() == before) throw BadInput("--files-from " + arguments.files_from + " lists no images");
+    if (paths.size() == before) throw prtk::Error("--files-from " + arguments.files_from + " lists no images");
   }
   return paths;
 }
@@ -183,10 +178,10 @@ std::vector<std::string> planned_outputs(const Arguments& arguments, const prtk:
   if (!arguments.save_inputs.empty()) planned.push_back(arguments.save_inputs);
   if (!arguments.outputs_dir.empty()) {
     const std::string& folder = arguments.outputs_dir;
-    if (exists(folder) && !is_directory(folder)) throw BadInput("--outputs " + folder + " is a file, not a folder");
+    if (exists(folder) && !is_directory(folder)) throw prtk::Error("--outputs " + folder + " is a file, not a folder");
     const size_t slash = folder.find_last_of('/', folder.size() > 1 ? folder.size() - 2 : 0);
     if (!exists(folder) && slash != std::string::npos && !is_directory(folder.substr(0, slash + 1))) {
-      throw BadInput("the folder holding --outputs " + folder + " does not exist");
+      throw prtk::Error("the folder holding --outputs " + folder + " does not exist");
     }
     for (const prtk::OutputSpec& output : description.outputs) {
       planned.push_back(arguments.outputs_dir + "/" + output.name + ".npy");
@@ -206,13 +201,15 @@ void check_outputs(const std::vector<std::string>& planned, const Arguments& arg
   std::set<std::string> seen;
   for (const std::string& path : planned) {
     const std::string resolved = real(path);
-    if (inputs.count(resolved)) throw BadInput("output " + path + " is one of the inputs: choose another path");
-    if (!seen.insert(resolved).second) throw BadInput("two outputs of this run are " + path + ": choose another path");
-    if (exists(path) && !arguments.force) throw BadInput("output " + path + " exists: pass --force to replace it");
+    if (inputs.count(resolved)) throw prtk::Error("output " + path + " is one of the inputs: choose another path");
+    if (!seen.insert(resolved).second) {
+      throw prtk::Error("two outputs of this run are " + path + ": choose another path");
+    }
+    if (exists(path) && !arguments.force) throw prtk::Error("output " + path + " exists: pass --force to replace it");
     const size_t slash = path.find_last_of('/');
     const std::string folder = slash == std::string::npos ? "." : path.substr(0, slash);
     if (folder != arguments.outputs_dir && !is_directory(folder)) {
-      throw BadInput("the folder of output " + path + " does not exist");
+      throw prtk::Error("the folder of output " + path + " does not exist");
     }
   }
 }
@@ -306,7 +303,7 @@ int embed(prtk::Embedder& embedder, const std::vector<std::string>& paths, const
   }
   if (!arguments.outputs_dir.empty()) {
     if (!is_directory(arguments.outputs_dir) && ::mkdir(arguments.outputs_dir.c_str(), 0777) != 0) {
-      throw BadInput("cannot create --outputs " + arguments.outputs_dir + ": " + std::strerror(errno));
+      throw prtk::Error("cannot create --outputs " + arguments.outputs_dir + ": " + std::strerror(errno));
     }
     for (const prtk::Tensor& tensor : totals) write_tensor(arguments.outputs_dir + "/" + tensor.name + ".npy", tensor);
     std::string listing;
@@ -362,10 +359,7 @@ int main(int argc, char** argv) {
     check_outputs(planned_outputs(arguments, prtk::read_description(arguments.artifact)), arguments, paths);
     prtk::Embedder embedder(arguments.artifact, arguments.options);
     return arguments.bench_rounds ? bench(embedder, paths, arguments) : embed(embedder, paths, arguments);
-  } catch (const BadInput& error) {
-    std::cerr << "prtk-embed: error: " << error.what() << "\n";
-    return 2;
-  } catch (const prtk::Error& error) {
+  } catch (const prtk::Error& error) {  // bad input: an option, the artifact, an image
     std::cerr << "prtk-embed: error: " << error.what() << "\n";
     return 2;
   } catch (const std::exception& error) {
