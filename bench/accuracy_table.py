@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import tempfile
 
-from bench_cli import add_json_arguments, add_model_arguments, check_json, load_model, parser_for, run, write_json
+from script_args import add_json_arguments, add_model_arguments, check_json, load_model, parser_for, run, write_json
 from prtk.cli.base import parse_keeps
 from prtk.core.console import print_table
-from prtk.engines.validation import Thresholds, validate
+from prtk.engines.validation import validate
+from prtk.export.criteria import Thresholds
 from prtk.evaluation.accuracy import EvalConfig, evaluate
-from prtk.export.artifact import ArtifactFile
-from prtk.export.exporter import ExportConfig, export_models
+from prtk.export.artifact import Artifact
+from prtk.export.config import ExportConfig
+from prtk.export.exporter import export_models
 from prtk.export.quantize import QUANTIZE_MODES, QuantizationConfig
 from prtk.predictor.pack import load_pack
 from prtk.pruning.tower import check_keeps
@@ -51,12 +53,13 @@ def int8_top1(clip, args, label: str, keep: float, fields: dict, folder: str) ->
     """Top-1 % of the ``args.int8`` graph of row ``label`` at ``keep`` over ``args.data``, and its agreement %
     with the float reference (``prtk validate``)."""
     unpruned = label == "unpruned"
-    config = ExportConfig(keeps=(keep,), full=unpruned, check=False, quantize=args.int8, calib_data=args.calib_data,
-                          calib_images=args.calib_images, **({"pack": args.pack} if unpruned else fields))
+    config = ExportConfig(keeps=(keep,), full=unpruned, run_checks=False, quantize=args.int8,
+                          calib_data=args.calib_data, calib_images=args.calib_images,
+                          **({"pack": args.pack} if unpruned else fields))
     records = export_models(clip, config, folder, None, force=True)
     record = records[-1] if unpruned else records[0]
-    artifact = ArtifactFile.read(record.path)
-    pack = config.pack if artifact.sidecar["pack"] is not None else None
+    artifact = Artifact.read(record.path)
+    pack = config.pack if artifact.pack_sha256 is not None else None
     report = validate(clip, artifact, args.data, Thresholds.for_precision("int8"), pack, limit=args.limit)
     return report.top1["artifact"], report.agreement
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench_cli import add_json_arguments, add_model_arguments, check_json, load_model, parser_for, run, write_json
+from script_args import add_json_arguments, add_model_arguments, check_json, load_model, parser_for, run, write_json
 from prtk.core.console import print_table
 from prtk.core.errors import PrtkInputError
 from prtk.evaluation.accuracy import EvalConfig, evaluate

@@ -26,14 +26,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench_cli import (add_json_arguments, add_model_arguments, check_json, load_model, parse_batches, parser_for,
+from script_args import (add_json_arguments, add_model_arguments, check_json, load_model, parse_batches, parser_for,
                        run, write_json)
 from prtk.core.errors import PrtkInputError
 from prtk.engines.cpp_program import CppProgram
 from prtk.engines.runners import OpenVinoRunner
-from prtk.export.artifact import ArtifactFile
-from prtk.export.exporter import ExportConfig, export_models
-from speed_report import paired
+from prtk.engines.timing import paired_ratio
+from prtk.export.artifact import Artifact
+from prtk.export.config import ExportConfig
+from prtk.export.exporter import export_models
 
 
 def arguments():
@@ -72,12 +73,12 @@ def main() -> None:
     program = CppProgram.find(args.program)
     clip = load_model(args, random_by_default=args.model is not None and not args.model.startswith("prtk-testbed"))
     with tempfile.TemporaryDirectory() as folder:
-        records = export_models(clip, ExportConfig(keeps=(args.keep,), full=True, check=False), Path(folder), None)
-        graphs = {("full" if record.meta["pruning"] is None else "keep"): record.path for record in records}
-        bound = 1 / next(record.meta["pruning"]["block_cost_ratio"] for record in records if record.meta["pruning"])
+        records = export_models(clip, ExportConfig(keeps=(args.keep,), full=True, run_checks=False), Path(folder), None)
+        graphs = {("full" if record.artifact.pruning is None else "keep"): record.path for record in records}
+        bound = next(record.artifact.bound for record in records if record.artifact.pruning)
         results = {"program": program.description, "model": clip.name, "keep": args.keep, "bound": bound,
                    "batches": {}}
-        transform = ArtifactFile.read(graphs["keep"]).preprocessing().transform()
+        transform = Artifact.read(graphs["keep"]).preprocessing().transform()
         runners = {tower: OpenVinoRunner(path) for tower, path in graphs.items()}
         rng = np.random.default_rng(0)
         files = []
@@ -101,9 +102,9 @@ def main() -> None:
                         statistics.median(program.bench(graphs[tower], files[:batch], batch, runs))
                         if side == "C++" else python_median_ms(runners[tower], images, runs))
             medians = {name: statistics.median(values) for name, values in times.items()}
-            ratios = {f"Python/C++ {tower}": paired(times, f"Python {tower}", f"C++ {tower}")
+            ratios = {f"Python/C++ {tower}": paired_ratio(times[f"Python {tower}"], times[f"C++ {tower}"])
                       for tower in ("keep", "full")}
-            ratios["C++ full/keep"] = paired(times, "C++ full", "C++ keep")
+            ratios["C++ full/keep"] = paired_ratio(times["C++ full"], times["C++ keep"])
             print(f"batch {batch} ({runs} runs per contender per round)")
             for name, value in medians.items():
                 print(f"  {name:12s} median {value:8.3f} ms  {1000 * batch / value:8.1f} images/s")

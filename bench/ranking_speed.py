@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from bench_cli import add_json_arguments, add_model_arguments, check_json, load_model, parser_for, run, write_json
+from script_args import add_json_arguments, add_model_arguments, check_json, load_model, parser_for, run, write_json
 from prtk.core.allocator import reuse_freed_memory
 from prtk.models import load_clip
 from prtk.pruning.tower import PrunedVisionTower

@@ -60,10 +60,8 @@ def default_build_dir() -> Path:
 
 def openvino_cmake_dir() -> Path:
     """The folder of OpenVINO's CMake package (``OpenVINOConfig.cmake``) in this environment's wheel."""
-    try:
-        import openvino
-    except ImportError:
-        raise PrtkInputError("OpenVINO is not installed here: pip install openvino") from None
+    import openvino  # a dependency of prtk, imported when used (it starts a thread pool)
+
     folder = Path(openvino.__file__).parent / "cmake"
     if not (folder / "OpenVINOConfig.cmake").is_file():
         raise PrtkInputError(f"this OpenVINO ({openvino.__version__}) ships no CMake package at {folder}: install "

@@ -3,49 +3,28 @@ and a TensorRT engine (``prtk.engines.tensorrt_adapter.TensorRTRunner``, over Po
 
 A runner takes preprocessed images ``[B,3,H,W]`` (float32, CPU) through ``prepare`` (moved to where the
 backend reads them, once, outside any timing), runs them with ``infer`` and hands back the outputs by
-name as CPU numpy arrays with ``fetch``; ``synchronize`` waits for queued GPU work. Validation and
-benchmarks use only this interface.
+name as CPU numpy arrays with ``fetch``; ``synchronize`` waits for queued GPU work. ``runner_for`` is the one
+place that decides which runner runs an artifact on a backend; validation and benchmarks use only it and this
+interface.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from prtk.core.errors import PrtkInputError
-from prtk.export.onnxruntime_session import open_session
+from prtk.export.artifact import GRAPH_BACKENDS, PROGRAM_BACKENDS, Artifact
+from prtk.export.onnxruntime_session import onnxruntime_optimization, open_session
 
+from .runner_interface import Runner
 
-class Runner:
-    """Base class. ``name`` says which backend, ``device`` where it runs, ``output_names`` what it returns."""
-
-    name = "runner"
-    device = "cpu"
-    output_names: list[str] = []
-
-    @property
-    def on_gpu(self) -> bool:
-        return self.device.startswith("cuda")
-
-    def prepare(self, images: torch.Tensor) -> Any:
-        return images
-
-    def infer(self, prepared: Any) -> Any:
-        raise NotImplementedError
-
-    def fetch(self, outputs: Any) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def synchronize(self) -> None:
-        if self.on_gpu:
-            torch.cuda.synchronize(self.device)
-
-    def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
-        return self.fetch(self.infer(self.prepare(images)))
+if TYPE_CHECKING:
+    from prtk.models import LoadedClip
 
 
 class TorchRunner(Runner):
@@ -110,10 +89,8 @@ class OpenVinoRunner(Runner):
     name = "openvino"
 
     def __init__(self, path: str | Path):
-        try:
-            import openvino
-        except ImportError:
-            raise PrtkInputError("OpenVINO is not installed here: pip install openvino") from None
+        import openvino
+
         core = openvino.Core()
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU",
                                            {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
@@ -133,3 +110,45 @@ class OpenVinoRunner(Runner):
     def fetch(self, outputs) -> dict[str, np.ndarray]:
         return {name: np.array(outputs[output]) for name, output in zip(self.output_names, self.compiled.outputs,
                                                                         strict=True)}
+
+
+BACKENDS = ("torch", *GRAPH_BACKENDS, "tensorrt")  # what ``runner_for`` runs an artifact on
+
+
+def runner_for(artifact: Artifact, backend: str, device: str = "cpu", precision: str = "fp32",
+               clip: LoadedClip | None = None, pack: str | None = None) -> Runner:
+    """The runner of ``artifact`` on ``backend`` (``BACKENDS``): torch the PyTorch module an fp32 graph was exported
+    from (rebuilt over ``clip`` and ``pack``, on ``device`` in ``precision``), ONNX Runtime at the graph's
+    precision's optimisation level (its CUDA provider for a GPU ``device``), OpenVINO on the CPU, TensorRT an
+    engine; refused in one line where the artifact's description rules the backend out."""
+    if backend in PROGRAM_BACKENDS:
+        raise PrtkInputError(f"backend {backend} runs image files through the compiled program, not tensors")
+    if backend not in BACKENDS:
+        raise PrtkInputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    check_runs_on(artifact, backend)
+    if backend == "torch":
+        return TorchRunner(artifact.reference_tower(clip or artifact.load_reference_model(), pack), device, precision)
+    if backend == "onnxruntime":
+        return OnnxRuntimeRunner(artifact.path, "cpu" if device == "cpu" else "cuda",
+                                 onnxruntime_optimization(artifact.precision))
+    if backend == "openvino":
+        return OpenVinoRunner(artifact.path)
+    from .tensorrt_adapter import TensorRTRunner
+
+    return TensorRTRunner(artifact.path, device if device != "cpu" else "cuda")
+
+
+def check_runs_on(artifact: Artifact, backend: str) -> None:
+    """Refuse a backend that ``artifact`` does not run on (``Artifact.runs_on``), saying what it runs on."""
+    if artifact.runs_on(backend):
+        return
+    if artifact.is_engine:
+        raise PrtkInputError(f"{artifact.path.name} is a TensorRT engine; {backend} runs .onnx graphs")
+    if backend == "tensorrt":
+        raise PrtkInputError(f"{artifact.path.name} is an ONNX graph; TensorRT runs engines: build one with "
+                             "`prtk build-engine`")
+    if backend == "torch":
+        raise PrtkInputError(f"{artifact.path.name} is {artifact.variant}: torch runs the PyTorch module of an fp32 "
+                             "graph")
+    raise PrtkInputError(f"{artifact.path.name} runs on {', '.join(artifact.runtimes) or 'no runtime'} only (its "
+                         f"description's runtimes), not on {backend}")

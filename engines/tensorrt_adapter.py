@@ -18,7 +18,7 @@ import torch
 from prtk.core.errors import PrtkInputError
 from prtk.export.onnxruntime_session import GPU_HINT
 
-from .runners import Runner
+from .runner_interface import Runner
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import onnx
 from prtk.core.files import (check_distinct_outputs, check_not_an_input, check_writable, commit_together,
                              folder_writer_lock, write_bytes_atomic, write_json_atomic)
 from prtk.core.errors import PrtkInputError
-from prtk.export.artifact import ArtifactFile
+from prtk.export.artifact import Artifact
 from prtk.export.onnx_graph import custom_domains, load_graph
 
 from .tensorrt_adapter import build_engine_bytes, require_tensorrt
@@ -81,13 +81,13 @@ def engine_sources(target: str | Path, precision: str, force: bool, timing_cache
     return sources
 
 
-def check_buildable(onnx_path: Path, precision: str) -> tuple[ArtifactFile, onnx.ModelProto]:
+def check_buildable(onnx_path: Path, precision: str) -> tuple[Artifact, onnx.ModelProto]:
     """Refuse, in one line, a graph TensorRT cannot build at ``precision``: operators outside ONNX's own domain
     (``--optimize O2``), dynamic quantization (``--quantize int8-dynamic``), an int8 build from a graph without
     Q/DQ nodes (TensorRT 10 builds int8 from explicit quantization only), a float build from a Q/DQ graph, a graph
     whose description does not list TensorRT among its runtimes (its export's TensorRT check failed), and a
     sidecar that is not the graph's own description. Returns the artifact and the graph, as read."""
-    artifact = ArtifactFile.read(onnx_path)
+    artifact = Artifact.read(onnx_path)
     model = load_graph(onnx_path)
     domains = custom_domains(model)
     if domains:
@@ -102,11 +102,11 @@ def check_buildable(onnx_path: Path, precision: str) -> tuple[ArtifactFile, onnx
                              "quantization; export with --quantize int8-static --calib-data DIR")
     if precision != "int8" and QDQ_OPS <= ops:
         raise PrtkInputError(f"{onnx_path.name} is a Q/DQ (int8-static) graph: build it with --precision int8")
-    if "tensorrt" not in artifact.sidecar["runtimes"]:
-        failed = next((check for check in artifact.sidecar["checks"] if check["name"] == "tensorrt"), None)
+    if "tensorrt" not in artifact.runtimes:
+        failed = artifact.failed_check("tensorrt")
         raise PrtkInputError(f"{onnx_path.name} is not for TensorRT (its runtimes: "
-                             f"{', '.join(artifact.sidecar['runtimes']) or 'none'})"
-                             + (f": its export's TensorRT check failed ({failed['detail']})" if failed else ""))
+                             f"{', '.join(artifact.runtimes) or 'none'})"
+                             + (f": its export's TensorRT check failed ({failed.detail})" if failed else ""))
     return artifact, model
 
 
@@ -134,11 +134,11 @@ def build_engine(onnx_path: str | Path, config: EngineConfig, force: bool = Fals
     cache = Path(config.timing_cache) if config.timing_cache else None
     built = build_engine_bytes(onnx_path, image.name, shape, config.precision, config.batch, config.workspace_gib,
                                cache)
-    write_engine(out, built.engine, artifact.sidecar | {"files": [out.name], "tensorrt": {
+    write_engine(out, built.engine, artifact.engine_description(out.name, {
         "version": built.tensorrt_version, "gpu": built.gpu, "compute_capability": built.compute_capability,
         "builder": built.builder, "precision": config.precision,
         "batch_profile": dict(zip(("min", "opt", "max"), config.batch, strict=True)),
-        "workspace_gib": config.workspace_gib, "onnx": onnx_path.name}})
+        "workspace_gib": config.workspace_gib}))
     return out
 
 

@@ -14,9 +14,7 @@ sidecar, or a corrupt graph, is bad input.
 
 from __future__ import annotations
 
-import math
 import shlex
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,112 +22,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prtk import __version__
 from prtk.core.errors import PrtkInputError
-from prtk.core.files import commit_together, write_bytes_atomic, write_json_atomic
-from prtk.export.artifact import ArtifactFile
-from prtk.export.onnxruntime_session import onnxruntime_optimization
+from prtk.core.files import commit_together, write_bytes_atomic
+from prtk.export.artifact import GRAPH_BACKENDS, PROGRAM_BACKENDS, Artifact
+from prtk.export.criteria import Thresholds
 from prtk.export.tensor_comparison import RunRecorder, TensorComparison, tolerance_flags
 from prtk.models import LoadedClip
 
 from .cpp_program import CppProgram
-from .runners import OnnxRuntimeRunner, OpenVinoRunner, Runner
+from .runners import check_runs_on, runner_for
+from .validation_report import ValidationReport, build_report
 
-ONNX_BACKENDS = ("onnxruntime", "openvino")
-PROGRAM_BACKENDS = {"cpp-openvino": "openvino"}  # the compiled prtk-embed program -> the runtime it runs the graph on
-BACKENDS = ONNX_BACKENDS + tuple(PROGRAM_BACKENDS)
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Pass when agreement >= ``min_agreement`` %, min cosine >= ``min_cosine``, |top-1 delta against the
-    pruned reference| <= ``max_accuracy_delta`` points, the largest element difference of the embeddings
-    <= ``max_abs_diff`` and the largest per-image ||artifact - reference|| / ||reference|| <=
-    ``max_relative_error``. The last two catch damaged weights that leave the cosine high."""
-
-    min_agreement: float
-    min_cosine: float
-    max_abs_diff: float
-    max_relative_error: float
-    max_accuracy_delta: float = 0.1
-
-    @classmethod
-    def for_precision(cls, precision: str, **overrides) -> Thresholds:
-        """The defaults for ``precision``, with the ``overrides`` that are not None (each checked against
-        ``THRESHOLD_RANGES``)."""
-        half = cls(99.5, 0.999, 1e-2, 1e-2)
-        base = {"fp32": cls(99.9, 0.9999, 1e-4, 1e-4), "fp16": half, "bf16": half, "int8": INT8_THRESHOLDS}[precision]
-        given = {key: value for key, value in overrides.items() if value is not None}
-        for key, value in given.items():
-            low, high = THRESHOLD_RANGES[key]
-            if not low <= value <= high:  # also refuses NaN
-                raise PrtkInputError(f"--{key.replace('_', '-')} must be in [{low:g}, {high:g}], got {value:g}")
-        return cls(**(asdict(base) | given))
+BACKENDS = GRAPH_BACKENDS + tuple(PROGRAM_BACKENDS)  # an engine is validated on TensorRT, whatever is asked
 
 
-THRESHOLD_RANGES = {"min_agreement": (0.0, 100.0), "min_cosine": (-1.0, 1.0), "max_abs_diff": (0.0, math.inf),
-                    "max_relative_error": (0.0, math.inf), "max_accuracy_delta": (0.0, 100.0)}
-
-
-INT8_THRESHOLDS = Thresholds(99.0, 0.98, 0.1, 0.2, 0.5)  # worst-image criteria loose: int8 moves single images
-
-
-@dataclass(frozen=True)
-class Criterion:
-    """One pass/fail test: ``value`` against ``threshold``."""
-
-    value: float
-    threshold: float
-    passed: bool
-
-
-@dataclass(frozen=True)
-class ValidationReport:
-    """An artifact against its references over ``data`` (root, images, classes): top-1 (%) of the unpruned and
-    pruned references and the artifact, the artifact's deltas (points), agreement with the pruned reference
-    (%), embedding cosine (min, mean), largest element and per-image relative difference, kept-index overlap
-    (mean, min, identical %; None without kept indices), Polygraphy's tensor comparison and the ``polygraphy run``
-    command that repeats it (on ``RESULTS.json`` placeholders unless the results were saved), the criteria, and
-    per class."""
-
-    artifact: str
-    backend: str
-    program: CppProgram | None  # the C++ program that ran the artifact (cpp-openvino), with its build
-    precision: str
-    model: str
-    weights_sha256: str
-    pruning: dict | None  # the sidecar's
-    data: dict
-    top1: dict[str, float]
-    delta_vs_unpruned: float
-    delta_vs_pruned: float
-    agreement: float
-    cosine: dict[str, float]
-    max_abs_diff: float
-    max_relative_error: float
-    kept_overlap: dict[str, float] | None
-    tensor_comparison: TensorComparison
-    results: str | None  # the saved Polygraphy run results
-    polygraphy_command: str
-    thresholds: Thresholds
-    criteria: dict[str, Criterion]
-    per_class: dict[str, dict]
-
-    @property
-    def passed(self) -> bool:
-        return all(criterion.passed for criterion in self.criteria.values())
-
-    @property
-    def failed(self) -> list[str]:
-        return [name for name, criterion in self.criteria.items() if not criterion.passed]
-
-    def as_dict(self) -> dict:
-        """The ``.validation.json`` document."""
-        document = {"prtk_version": __version__} | asdict(self)
-        return document | {"passed": self.passed, "failed": self.failed}
-
-
-def validate(clip: LoadedClip, artifact: ArtifactFile, data_root: str | Path, thresholds: Thresholds,
+def validate(clip: LoadedClip, artifact: Artifact, data_root: str | Path, thresholds: Thresholds,
              pack_path: str | None = None, limit: int | None = None, batch_size: int = 64,
              progress: Callable[[int, int], None] | None = None, backend: str = "onnxruntime",
              results_path: str | Path | None = None, program: CppProgram | None = None) -> ValidationReport:
@@ -141,16 +48,16 @@ def validate(clip: LoadedClip, artifact: ArtifactFile, data_root: str | Path, th
     from prtk.export.checks import kept_index_overlap
     from prtk.models.zeroshot import class_embeddings, zero_shot_logits
 
-    reference = artifact.reference(clip, pack_path)  # refuses a description its reference contradicts
+    backend = validation_backend(artifact, backend)
+    reference = artifact.reference_tower(clip, pack_path)  # refuses a description its reference contradicts
     dataset = ImageFolderDataset(data_root, clip.preprocess, clip.spec.image_size, limit)
     if backend in PROGRAM_BACKENDS:
-        check_backend(artifact, backend)
         if program is None:
             raise PrtkInputError(f"backend {backend} needs the compiled program (prtk cpp build)")
         run = ProgramOutputs(program, artifact.path, [record.path for record in dataset.records], batch_size)
         runner_name = "prtk-embed"
     else:
-        runner = artifact_runner(artifact, backend)
+        runner = runner_for(artifact, backend)
         run, runner_name = (lambda images, indices: runner(images)), runner.name
     classifier = class_embeddings(clip.model, clip.tokenizer, [class_display_name(c) for c in dataset.classes])
     columns: dict[str, list] = {name: [] for name in ("label", "unpruned", "pruned", "artifact", "cosine",
@@ -184,7 +91,7 @@ def validate(clip: LoadedClip, artifact: ArtifactFile, data_root: str | Path, th
     if results_path is not None:
         _save_results(recorder, Path(results_path), inputs_script(artifact.path, data_root, limit, batch_size))
     command = polygraphy_command(artifact, comparison, results_path)
-    return _report(artifact, backend if backend in PROGRAM_BACKENDS else runner_name, program, clip, dataset,
+    return build_report(artifact, backend if backend in PROGRAM_BACKENDS else runner_name, program, clip, dataset,
                    columns, comparison, None if results_path is None else str(results_path), command, thresholds,
                    str(data_root))
 
@@ -243,14 +150,14 @@ def validation_feeds(artifact_path: str, data_root: str, limit: int | None, batc
     transform), so no model is loaded: also one from ``--model-config`` / ``--checkpoint`` files."""
     from prtk.data.folder import ImageFolderDataset, make_loader
 
-    artifact = ArtifactFile.read(artifact_path)
+    artifact = Artifact.read(artifact_path)
     preprocessing = artifact.preprocessing()
     dataset = ImageFolderDataset(data_root, preprocessing.transform(), preprocessing.size, limit)
     for images, *_ in make_loader(dataset, batch_size, 0):
-        yield {artifact.sidecar["input"]["name"]: images.numpy()}
+        yield {artifact.input_name: images.numpy()}
 
 
-def polygraphy_command(artifact: ArtifactFile, comparison: TensorComparison, results_path: str | Path | None) -> str:
+def polygraphy_command(artifact: Artifact, comparison: TensorComparison, results_path: str | Path | None) -> str:
     """The ``polygraphy run`` command that reruns the artifact on the saved batches and compares it with the saved
     reference at the same tolerances: an engine on Polygraphy's TensorRT runner, a graph on its ONNX Runtime runner
     (also one validated on OpenVINO, for which Polygraphy has no runner)."""
@@ -261,124 +168,13 @@ def polygraphy_command(artifact: ArtifactFile, comparison: TensorComparison, res
                      tolerance_flags(comparison)])
 
 
-def runs_on(artifact: ArtifactFile, backend: str) -> bool:
-    """Whether ``backend`` (``BACKENDS``) runs the graph ``artifact``: its description lists the runtime (the runtimes
-    of its level and quantization whose export checks passed; the C++ program's runtime for ``PROGRAM_BACKENDS``)."""
-    return PROGRAM_BACKENDS.get(backend, backend) in artifact.sidecar["runtimes"]
-
-
-def check_backend(artifact: ArtifactFile, backend: str) -> None:
-    """Refuse a backend that cannot run ``artifact``: not an ONNX runtime, or one its sidecar does not list (an
-    engine runs on TensorRT, and only there)."""
-    if artifact.path.suffix == ".engine":
-        if backend in PROGRAM_BACKENDS:
-            raise PrtkInputError(f"{artifact.path.name} is a TensorRT engine; {backend} runs .onnx graphs")
-        return
+def validation_backend(artifact: Artifact, backend: str) -> str:
+    """The backend ``validate`` runs ``artifact`` on when asked for ``backend`` (``BACKENDS``): an engine on
+    TensorRT (refused for the C++ program, which runs graphs), a graph on ``backend`` if its description lists the
+    runtime; refused in one line otherwise."""
+    if artifact.is_engine and backend not in PROGRAM_BACKENDS:
+        return "tensorrt"
     if backend not in BACKENDS:
         raise PrtkInputError(f"an ONNX graph is validated on one of {', '.join(BACKENDS)}, got {backend!r}")
-    if not runs_on(artifact, backend):
-        raise PrtkInputError(f"{artifact.path.name} runs on {', '.join(artifact.sidecar['runtimes']) or 'no runtime'} "
-                             f"only (its description's runtimes), not on {backend}")
-
-
-def artifact_runner(artifact: ArtifactFile, backend: str = "onnxruntime") -> Runner:
-    """The runner of a deployed file: a TensorRT engine, or an ONNX graph on ``backend`` (ONNX Runtime at its
-    precision's optimisation level, or OpenVINO)."""
-    check_backend(artifact, backend)
-    if backend in PROGRAM_BACKENDS:
-        raise PrtkInputError(f"backend {backend} runs image files through the compiled program, not tensors")
-    if artifact.path.suffix == ".engine":
-        from .tensorrt_adapter import TensorRTRunner
-
-        return TensorRTRunner(artifact.path)
-    if backend == "openvino":
-        return OpenVinoRunner(artifact.path)
-    return OnnxRuntimeRunner(artifact.path, optimization=onnxruntime_optimization(artifact.precision))
-
-
-def _report(artifact: ArtifactFile, backend: str, program: CppProgram | None, clip: LoadedClip, dataset, columns: dict,
-            comparison: TensorComparison, results: str | None, command: str, thresholds: Thresholds,
-            data_root: str) -> ValidationReport:
-    labels = np.array(columns["label"])
-    predictions = {name: np.array(columns[name]) for name in ("unpruned", "pruned", "artifact")}
-    top1 = {name: 100.0 * float((values == labels).mean()) for name, values in predictions.items()}
-    agreement = 100.0 * float((predictions["artifact"] == predictions["pruned"]).mean())
-    cosine = np.array(columns["cosine"])
-    overlap = np.array(columns["kept_overlap"]) if columns["kept_overlap"] else None
-    delta_pruned = top1["artifact"] - top1["pruned"]
-    embedding = comparison.outputs["embedding"]
-    max_relative = float(max(columns["relative"]))
-    criteria = {
-        "agreement": Criterion(agreement, thresholds.min_agreement, agreement >= thresholds.min_agreement),
-        "min_cosine": Criterion(float(cosine.min()), thresholds.min_cosine,
-                                float(cosine.min()) >= thresholds.min_cosine),
-        "accuracy_delta_vs_pruned": Criterion(delta_pruned, thresholds.max_accuracy_delta,
-                                              abs(delta_pruned) <= thresholds.max_accuracy_delta + 1e-9),
-        "max_abs_diff": Criterion(embedding.max_abs_diff, thresholds.max_abs_diff, embedding.passed),
-        "max_relative_error": Criterion(max_relative, thresholds.max_relative_error,
-                                        max_relative <= thresholds.max_relative_error),
-    }
-    per_class = {}
-    for index, name in enumerate(dataset.classes):
-        chosen = labels == index
-        per_class[name] = {"images": int(chosen.sum()),
-                           **{f"top1_{key}": 100.0 * float((values[chosen] == index).mean()) if chosen.any() else 0.0
-                              for key, values in predictions.items()},
-                           "agreement": 100.0 * float((predictions["artifact"][chosen]
-                                                       == predictions["pruned"][chosen]).mean()) if chosen.any()
-                           else 0.0}
-    return ValidationReport(
-        artifact=str(artifact.path), backend=backend, program=program, precision=artifact.precision, model=clip.name,
-        weights_sha256=clip.weights_sha256, pruning=artifact.sidecar["pruning"],
-        data={"root": data_root, "images": int(len(labels)), "classes": dataset.classes}, top1=top1,
-        delta_vs_unpruned=top1["artifact"] - top1["unpruned"], delta_vs_pruned=delta_pruned, agreement=agreement,
-        cosine={"min": float(cosine.min()), "mean": float(cosine.mean())}, max_abs_diff=embedding.max_abs_diff,
-        max_relative_error=max_relative,
-        kept_overlap=None if overlap is None else {"mean": float(overlap.mean()), "min": float(overlap.min()),
-                                                   "identical": 100.0 * float((overlap == 1.0).mean())},
-        tensor_comparison=comparison, results=results, polygraphy_command=command, thresholds=thresholds,
-        criteria=criteria, per_class=per_class)
-
-
-def write_report(report: ValidationReport, markdown_path: str | Path, json_path: str | Path) -> str:
-    """Write the report as Markdown and as JSON (each atomically); returns the Markdown."""
-    text = markdown_report(report)
-    write_bytes_atomic(markdown_path, text.encode())
-    write_json_atomic(json_path, report.as_dict())
-    return text
-
-
-def markdown_report(report: ValidationReport) -> str:
-    """The report as Markdown: a verdict, the accuracy table, the agreement figures and the criteria."""
-    top1, kept = report.top1, report.kept_overlap
-    verdict = "PASS" if report.passed else f"FAIL ({', '.join(report.failed)})"
-    lines = [f"# prtk validate: {Path(report.artifact).name} — {verdict}", "",
-             f"{report.model} ({report.precision}, on {report.backend}), {report.data['images']} images from "
-             f"`{report.data['root']}`."
-             + (f" The images were decoded, preprocessed and run by the C++ program `{report.program.path}` "
-                f"({report.program.compiler}; {report.program.runtime})." if report.program else ""), "",
-             "| model | top-1 % |", "|---|---|",
-             f"| unpruned (PyTorch) | {top1['unpruned']:.2f} |", f"| pruned (PyTorch) | {top1['pruned']:.2f} |",
-             f"| artifact | {top1['artifact']:.2f} |", "",
-             f"- delta vs unpruned: {report.delta_vs_unpruned:+.2f} points; vs pruned: "
-             f"{report.delta_vs_pruned:+.2f} points",
-             f"- prediction agreement with the pruned reference: {report.agreement:.2f}%",
-             f"- embedding cosine: min {report.cosine['min']:.6f}, mean {report.cosine['mean']:.6f}; "
-             f"max abs difference {report.max_abs_diff:.2e}, max relative error "
-             f"{report.max_relative_error:.2e}"]
-    if kept is not None:
-        lines.append(f"- kept indices: mean overlap {kept['mean']:.4f}, min {kept['min']:.4f}, identical on "
-                     f"{kept['identical']:.2f}% of images")
-    lines += ["", "| criterion | value | threshold | result |", "|---|---|---|---|"]
-    for name, criterion in report.criteria.items():
-        lines.append(f"| {name} | {criterion.value:.6g} | {criterion.threshold:g} | "
-                     f"{'pass' if criterion.passed else 'FAIL'} |")
-    comparison = report.tensor_comparison
-    outputs = ", ".join(f"{name} max abs diff {output.max_abs_diff:.2e} (atol {output.atol:g}: "
-                        f"{'pass' if output.passed else 'FAIL'})" for name, output in comparison.outputs.items())
-    saved = report.results is not None
-    lines += ["", f"Tensor comparison by {comparison.tool} (check_error_stat {comparison.error_stat}, every batch): "
-              f"{outputs}. The same comparison with Polygraphy alone"
-              + (":" if saved else " (validate with `--save-results RESULTS.json` to write the run results and "
-                 "their data loader):"), "", "```", report.polygraphy_command, "```"]
-    return "\n".join(lines) + "\n"
+    check_runs_on(artifact, backend)
+    return backend

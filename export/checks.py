@@ -10,24 +10,11 @@ import numpy as np
 import onnx
 import torch
 
+from .criteria import Tolerance
 from .deployed import DeployedTower
 from .onnxruntime_session import onnxruntime_optimization, open_session, run_session
 from .tensor_comparison import RunRecorder
 from .tensorrt_readiness import tensorrt_findings
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Largest allowed |ONNX Runtime - PyTorch| on the embedding (logits: times the logit scale) and the
-    smallest allowed share of kept indices that agree (1.0: identical)."""
-
-    embedding_atol: float
-    kept_agreement: float
-    precision: str = "fp32"  # the graph's; picks the ONNX Runtime optimisation level
-
-    @classmethod
-    def for_precision(cls, precision: str) -> Tolerance:
-        return {"fp32": cls(1e-4, 1.0), "fp16": cls(1e-2, 0.95, "fp16"), "int8": cls(1e-1, 0.9, "int8")}[precision]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from prtk.models.vit import vision_transformer
 
-from .levels import optimize_level
+from .options import optimize_level
 from .onnxruntime_ops import BiasGelu, FusedAttention, QuickGelu, SkipLayerNorm
 
 

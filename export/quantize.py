@@ -42,10 +42,8 @@ import onnx
 
 from prtk.core.errors import PrtkInputError
 
-QUANTIZE_MODES = ("int8-dynamic", "int8-static")
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-DEFAULT_CALIBRATION_METHOD = "minmax"
-DEFAULT_CALIBRATION_IMAGES = 256
+from .options import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD, QUANTIZE_MODES
+
 FLOAT_SCOPES = ("/tower/scorer/",)  # node-name prefixes (module paths) that stay float
 STAGE_SCORER_SCOPE = "/tower/stage_scorer/"  # the later stages' scorer: float too, in staged graphs
 QUANTIZED_OPS = ("MatMul", "Gemm")

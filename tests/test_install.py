@@ -40,3 +40,16 @@ def test_console_script_help():
     result = subprocess.run([str(script), "eval", "--help"], capture_output=True, text=True, timeout=120)
     for option in ("--model", "--pretrained", "--checkpoint", "--data", "--keep", "--layer", "--scorer", "--json"):
         assert option in result.stdout
+
+
+def test_help_loads_no_heavy_module():
+    """``prtk --help`` and each command's ``--help`` import neither torch nor onnx, ONNX Runtime or OpenVINO (the
+    modules ``-X importtime`` reports loaded): heavy imports wait for the command to run."""
+    heavy = {"torch", "onnx", "onnxruntime", "openvino", "numpy", "open_clip"}
+    for command in ([], ["export"], ["bench"], ["validate"], ["build-engine"], ["cpp", "build"], ["quickstart"]):
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "prtk", *command, "--help"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "Usage: prtk" in result.stdout, result.stderr[-2000:]
+        loaded = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
+                  if line.startswith("import time:")}
+        assert "prtk.cli" in loaded and not heavy & loaded, (command, sorted(heavy & loaded))

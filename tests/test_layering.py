@@ -23,7 +23,7 @@ def stage_of(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "prtk" or len(parts) < 2:
         return None
-    return parts[1]
+    return "cli" if parts[1] == "__main__" else parts[1]  # ``python -m prtk``: the command line
 
 
 def modules() -> dict[str, Path]:

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import SimulatedKill, assert_one_line_error
 from prtk.data.synthetic import HELD_OUT_SEED, write_shapes_folder
-from prtk.export.artifact import ArtifactFile
+from prtk.export.artifact import Artifact
 
 SHAPES = "prtk-testbed-shapes"
 
@@ -52,7 +52,7 @@ def test_a_second_export_into_a_folder_being_written_is_refused(tmp_path):
     graphs = sorted(path.name for path in out.glob("*.onnx"))
     assert graphs == [f"{SHAPES}_full.onnx"] + [f"{SHAPES}_keep0.{k}0.onnx" for k in range(3, 8)]
     for graph in graphs:
-        ArtifactFile.read(out / graph)
+        Artifact.read(out / graph)
     assert sorted(path.name for path in out.iterdir() if path.name.startswith(".")) == []
 
 
@@ -102,7 +102,7 @@ def folders(path: Path) -> list[str]:
 def test_a_ranking_resumed_with_another_thread_count_is_refused(run_cli, tmp_path):
     from prtk.models import load_clip
     from prtk.ranking.distributed import intra_op_threads
-    from prtk.ranking.run import rank_folder
+    from prtk.ranking.folder_ranking import rank_folder
     from prtk.ranking.search import RankingConfig
 
     data = write_shapes_folder(tmp_path / "data", 24, HELD_OUT_SEED, size=64)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import assert_one_line_error, lying_copy
 from prtk.data.synthetic import HELD_OUT_SEED, write_shapes_folder
-from prtk.export.artifact import ArtifactFile
+from prtk.export.artifact import Artifact
 
 SHAPES = "prtk-testbed-shapes"
 EXPORT = ("export", "--model", SHAPES, "--keep", "0.6")
@@ -88,7 +88,7 @@ def test_o2_int8_dynamic_exports_and_validates(run_cli, data, tmp_path):
     result = run_cli(*EXPORT, "--optimize", "O2", "--quantize", "int8-dynamic", "--out", tmp_path, "--data", data)
     assert result.exit_code == 0, result.output
     graph = tmp_path / f"{SHAPES}_keep0.60_int8-dynamic.onnx"
-    sidecar = ArtifactFile.read(graph).sidecar
+    sidecar = Artifact.read(graph).description()
     assert sidecar["runtimes"] == ["onnxruntime"] and sidecar["quantization"]["int8_nodes"] > 0
     assert sidecar["graph"]["fused_operators"]["Attention"] == 6
     validated = run_cli("validate", graph, "--data", data)
@@ -115,7 +115,7 @@ def test_runtimes_name_only_those_whose_checks_passed(run_cli, data, tmp_path):
                      "--calib-images", "32", "--out", tmp_path)
     assert result.exit_code == 1 and "a check failed" in result.stderr, result.output
     graph = tmp_path / f"{SHAPES}_keep0.60_int8-static.onnx"
-    sidecar = ArtifactFile.read(graph).sidecar
+    sidecar = Artifact.read(graph).description()
     assert sidecar["runtimes"] == ["onnxruntime", "openvino"]
     assert [(check["name"], check["passed"]) for check in sidecar["checks"]] == [
         ("onnx.checker", True), ("onnxruntime", True), ("tensorrt", False)]

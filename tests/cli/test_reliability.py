@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 
 from conftest import SimulatedKill, assert_one_line_error, perturbed_copy
 from prtk.core import files
-from prtk.export.exporter import ExportConfig, export_models
+from prtk.export.config import ExportConfig
+from prtk.export.exporter import export_models
 from prtk.models import builtin_checkpoint, load_clip
 from prtk.ranking.search import RankingConfig
 from prtk.data.synthetic import HELD_OUT_SEED, write_shapes_folder
@@ -32,7 +33,7 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 def shapes_export(tmp_path_factory):
     """A checked-in-place keep-0.6 export of the shapes test bed (cls-attention) and 40 held-out images."""
     root = tmp_path_factory.mktemp("reliability")
-    (record,) = export_models(load_clip(SHAPES), ExportConfig(keeps=(0.6,), check=False), root / "onnx", None)
+    (record,) = export_models(load_clip(SHAPES), ExportConfig(keeps=(0.6,), run_checks=False), root / "onnx", None)
     return record.path, write_shapes_folder(root / "data", 40, HELD_OUT_SEED, size=64)
 
 
@@ -139,7 +140,7 @@ def test_a_kill_during_export_leaves_the_old_pair_or_the_new_pair(shapes_export,
     clip = load_clip(SHAPES)
     old = copy_export(path, tmp_path)
     old_bytes = (old.read_bytes(), old.with_suffix(".json").read_bytes())
-    new_config = ExportConfig(keeps=(0.6,), scorer="fixed-random", check=False)
+    new_config = ExportConfig(keeps=(0.6,), scorer="fixed-random", run_checks=False)
 
     def kill_at_commit(name, moves):
         raise SimulatedKill
@@ -165,10 +166,10 @@ def test_a_kill_during_export_leaves_the_old_pair_or_the_new_pair(shapes_export,
         with pytest.raises(SimulatedKill):
             files.commit_together(name, moves)
     assert list(tmp_path.glob(".*.commit.json"))
-    from prtk.export.artifact import ArtifactFile
+    from prtk.export.artifact import Artifact
 
-    artifact = ArtifactFile.read(old)  # completes the commit, then checks the sidecar against the graph
-    assert artifact.sidecar["pruning"]["scorer"] == "fixed-random"
+    artifact = Artifact.read(old)  # completes the commit, then checks the sidecar against the graph
+    assert artifact.description()["pruning"]["scorer"] == "fixed-random"
     assert not list(tmp_path.glob(".*.commit.json"))
 
 
@@ -193,10 +194,10 @@ def test_a_real_kill_during_export_keeps_the_old_pair(shapes_export, tmp_path):
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    from prtk.export.artifact import ArtifactFile
+    from prtk.export.artifact import Artifact
 
-    artifact = ArtifactFile.read(old)  # consistent, whichever pair it is
-    if artifact.sidecar["pruning"]["scorer"] == "cls-attention":
+    artifact = Artifact.read(old)  # consistent, whichever pair it is
+    if artifact.description()["pruning"]["scorer"] == "cls-attention":
         assert (old.read_bytes(), old.with_suffix(".json").read_bytes()) == old_bytes
 
 
@@ -293,7 +294,7 @@ def test_an_unknown_opset_is_one_line(run_cli, tmp_path):
 
 
 def test_a_corrupt_chunk_of_a_partial_rank_run_is_named(run_cli, shapes_export, tmp_path):
-    from prtk.ranking.run import rank_folder
+    from prtk.ranking.folder_ranking import rank_folder
 
     _, data = shapes_export
     out = tmp_path / "ranking.prtk"
@@ -336,19 +337,19 @@ def test_dangling_symlinks_count_as_bad_images_and_empty_classes_are_reported(ru
 def test_a_bench_script_runs_on_a_checkpoint_and_refuses_bad_input_in_one_line(tmp_path):
     checkpoint = tmp_path / "weights.safetensors"
     shutil.copy(builtin_checkpoint(SHAPES), checkpoint)
-    script = [sys.executable, str(REPOSITORY / "bench" / "pruning_speed.py"), "--model", SHAPES, "--batch", "2",
-              "--runs", "1", "--layer", "2"]
+    script = [sys.executable, str(REPOSITORY / "bench" / "ranking_speed.py"), "--model", SHAPES, "--images", "1",
+              "--runs", "1", "--layer", "2", "--vit-images", "0"]
     report = tmp_path / "speed.json"
     finished = subprocess.run([*script, "--checkpoint", checkpoint, "--json", report], capture_output=True, text=True,
                               timeout=300)
     assert finished.returncode == 0, finished.stderr
-    assert json.loads(report.read_text())["settings"]["checkpoint"] == str(checkpoint)
+    assert json.loads(report.read_text())["args"]["checkpoint"] == str(checkpoint)
     for bad, message in ((["--checkpoint", tmp_path / "none.safetensors"], "checkpoint not found"),
                          (["--checkpoint", checkpoint, "--json", report], "output exists"),
                          (["--layer", "x"], "argument --layer: invalid int value")):
         finished = subprocess.run([*script, *map(str, bad)], capture_output=True, text=True, timeout=300)
         assert finished.returncode == 2 and finished.stderr.count("\n") == 1, finished.stderr
-        assert finished.stderr.startswith("pruning_speed.py: error: ") and message in finished.stderr
+        assert finished.stderr.startswith("ranking_speed.py: error: ") and message in finished.stderr
 
 
 def test_train_testbed_on_other_data_needs_a_name_of_its_own(run_cli, shapes_export, tmp_path):

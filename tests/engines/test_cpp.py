@@ -19,7 +19,8 @@ from PIL import Image
 
 from conftest import assert_one_line_error, lying_copy, run_prtk_process
 from prtk.data.folder import rgb_image
-from prtk.export.exporter import ExportConfig, export_models
+from prtk.export.config import ExportConfig
+from prtk.export.exporter import export_models
 from prtk.models import load_clip
 from prtk.models.preprocessing import CROPS, Preprocessing
 
@@ -40,7 +41,7 @@ def built(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory) -> Path:
     """The shapes test bed's keep-0.6 graph (64 x 64 input, embedding and kept_indices outputs)."""
-    (record,) = export_models(load_clip(SHAPES), ExportConfig(keeps=(0.6,), check=False),
+    (record,) = export_models(load_clip(SHAPES), ExportConfig(keeps=(0.6,), run_checks=False),
                               tmp_path_factory.mktemp("cpp-graph"), None)
     return record.path
 

@@ -16,7 +16,8 @@ import pytest
 
 from conftest import assert_one_line_error, lying_copy
 from prtk.data.synthetic import HELD_OUT_SEED, write_shapes_folder
-from prtk.export.exporter import ExportConfig, export_models
+from prtk.export.config import ExportConfig
+from prtk.export.exporter import export_models
 from prtk.models import builtin_checkpoint, builtin_config_path, load_clip
 
 SHAPES = "prtk-testbed-shapes"

@@ -12,7 +12,8 @@ import torch
 from conftest import assert_one_line_error, run_prtk_process
 from prtk.engines.runners import OnnxRuntimeRunner, TorchRunner
 from prtk.export.checks import load_check_images
-from prtk.export.exporter import ExportConfig, deployed_tower, export_models
+from prtk.export.config import ExportConfig
+from prtk.export.exporter import deployed_tower, export_models
 from prtk.models import load_clip
 
 SHAPES = "prtk-testbed-shapes"
@@ -22,7 +23,7 @@ NO_TENSORRT = "needs TensorRT and an NVIDIA GPU (pip install \"prtk[gpu]\")"
 
 def test_torch_and_onnxruntime_runners_agree(tmp_path):
     clip = load_clip(SHAPES)
-    config = ExportConfig(keeps=(0.6,), check=False)
+    config = ExportConfig(keeps=(0.6,), run_checks=False)
     (record,) = export_models(clip, config, tmp_path, None)
     images, _ = load_check_images(clip.preprocess, 64, None, 4)
     from_torch = TorchRunner(deployed_tower(clip, config, None, 0.6))(images)
@@ -33,7 +34,7 @@ def test_torch_and_onnxruntime_runners_agree(tmp_path):
 
 
 def test_openvino_runs_an_fp32_graph_as_its_reference_does(tmp_path, shapes_dir):
-    (record,) = export_models(load_clip(SHAPES), ExportConfig(keeps=(0.6,), check=False), tmp_path, None)
+    (record,) = export_models(load_clip(SHAPES), ExportConfig(keeps=(0.6,), run_checks=False), tmp_path, None)
     result = run_prtk_process("validate", record.path, "--data", shapes_dir, "--backend", "openvino")
     assert result.exit_code == 0, result.output
     report = json.loads(record.path.with_name(record.path.name + ".validation.json").read_text())
@@ -86,7 +87,7 @@ def test_bench_times_an_export_folder_as_written(run_cli, tmp_path):
     clip = load_clip(SHAPES)
     folder = tmp_path / "exports"
     for quantize in (None, "int8-dynamic"):
-        export_models(clip, ExportConfig(keeps=(0.6,), full=True, check=False, quantize=quantize), folder, None)
+        export_models(clip, ExportConfig(keeps=(0.6,), full=True, run_checks=False, quantize=quantize), folder, None)
     written = {path.name: path.read_bytes() for path in folder.iterdir()}
     result = run_cli("bench", folder, "--backend", "torch,onnxruntime", "--batch", "2", "--warmup", "1",
                      "--iterations", "3", "--seconds", "0", "--json", tmp_path / "bench.json")
@@ -110,6 +111,21 @@ def test_bench_times_an_export_folder_as_written(run_cli, tmp_path):
     assert_one_line_error(run_cli("bench", tmp_path / "none"), "artifact not found")
 
 
+def test_bench_compares_a_staged_graph_with_a_one_stage_one(run_cli, tmp_path):
+    clip = load_clip(SHAPES)
+    export_models(clip, ExportConfig(keeps=(0.6,), full=True, run_checks=False), tmp_path, None)
+    export_models(clip, ExportConfig(keeps=(0.6,), layer=1, later_stages=((2, 0.7),), run_checks=False), tmp_path, None)
+    result = run_cli("bench", tmp_path, "--backend", "onnxruntime", "--batch", "2", "--warmup", "1", "--iterations",
+                     "2", "--seconds", "0", "--json", "-")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert [(row["schedule"], row["keep"]) for row in rows] == [("full", None), ("0.6", 0.6), ("0.6@1 > 0.7@2", 0.6)]
+    staged = rows[2]
+    assert staged["bound"] > rows[1]["bound"] > 1 and staged["paired_speedup"] > 0
+    assert staged["beyond_bound"] == (staged["paired_speedup"] > 1.1 * staged["bound"])
+    assert "0.6@1 > 0.7@2" in result.stderr
+
+
 def test_bench_and_build_engine_refusals(run_cli, tmp_path):
     bench = ["bench", "--model", SHAPES, "--keep", "0.6", "--batch", "1"]
     assert_one_line_error(run_cli(*bench, "--precision", "fp16"), "fp16 is for GPUs")
@@ -121,7 +137,7 @@ def test_bench_and_build_engine_refusals(run_cli, tmp_path):
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT and a GPU are present: the refusal cannot happen")
 def test_build_engine_without_tensorrt_says_what_is_missing(run_cli, tmp_path):
-    export_models(load_clip(SHAPES), ExportConfig(keeps=(0.6,), check=False), tmp_path, None)
+    export_models(load_clip(SHAPES), ExportConfig(keeps=(0.6,), run_checks=False), tmp_path, None)
     for args in (["build-engine", tmp_path, "--precision", "fp16"],
                  ["bench", "--model", SHAPES, "--keep", "0.6", "--batch", "1", "--backend", "tensorrt"]):
         result = run_cli(*args)
@@ -136,7 +152,7 @@ def test_tensorrt_engine_matches_torch(tmp_path):
     from prtk.engines.tensorrt_build import EngineConfig, build_engine
 
     clip = load_clip(SHAPES)
-    config = ExportConfig(keeps=(0.6,), check=False)
+    config = ExportConfig(keeps=(0.6,), run_checks=False)
     (record,) = export_models(clip, config, tmp_path, None)
     engine = build_engine(record.path, EngineConfig("fp16", (1, 4, 8)))
     sidecar = json.loads(engine.with_suffix(".json").read_text())

@@ -11,7 +11,8 @@ from pathlib import Path
 from PIL import Image
 
 from conftest import assert_one_line_error, perturbed_copy, seeded_pack
-from prtk.export.exporter import ExportConfig, export_models
+from prtk.export.config import ExportConfig
+from prtk.export.exporter import export_models
 from prtk.models import load_clip
 
 CIFAR = "prtk-testbed-cifar10"
@@ -21,7 +22,7 @@ SHAPES = "prtk-testbed-shapes"
 def test_validate_passes_the_cifar_exports_and_fails_a_perturbed_one(run_cli, cifar_test_dir, tmp_path):
     clip = load_clip(CIFAR)
     pack = seeded_pack(clip, tmp_path / "pack.prtk", tokens=8)
-    records = export_models(clip, ExportConfig(keeps=(0.5, 0.6, 0.7), pack=str(pack), check=False), tmp_path, None)
+    records = export_models(clip, ExportConfig(keeps=(0.5, 0.6, 0.7), pack=str(pack), run_checks=False), tmp_path, None)
     for record in records:
         result = run_cli("validate", record.path, "--data", cifar_test_dir, "--pack", pack, "--limit", "300")
         assert result.exit_code == 0, result.output
@@ -38,7 +39,7 @@ def test_validate_passes_the_cifar_exports_and_fails_a_perturbed_one(run_cli, ci
 
 
 def test_validate_saves_results_that_polygraphy_reads_and_compares_again(run_cli, shapes_dir, tmp_path):
-    (record,) = export_models(load_clip(SHAPES), ExportConfig(keeps=(0.6,), check=False), tmp_path, None)
+    (record,) = export_models(load_clip(SHAPES), ExportConfig(keeps=(0.6,), run_checks=False), tmp_path, None)
     results = tmp_path / "results.json"
     validate = ["validate", record.path, "--data", shapes_dir, "--batch-size", "16"]
     result = run_cli(*validate, "--save-results", results)
@@ -72,7 +73,7 @@ def test_validate_refuses_a_mismatched_pair(run_cli, shapes_dir, tmp_path):
     clip = load_clip(SHAPES)
     pack = seeded_pack(clip, tmp_path / "pack.prtk")
     other = seeded_pack(clip, tmp_path / "other.prtk", seed=1)
-    (record,) = export_models(clip, ExportConfig(keeps=(0.6,), pack=str(pack), check=False), tmp_path / "x", None)
+    (record,) = export_models(clip, ExportConfig(keeps=(0.6,), pack=str(pack), run_checks=False), tmp_path / "x", None)
     validate = ["validate", record.path, "--data", shapes_dir]
     assert_one_line_error(run_cli(*validate, "--pack", pack, "--model", CIFAR), "was made for prtk-testbed-shapes")
     assert_one_line_error(run_cli(*validate, "--pack", pack, "--model", SHAPES, "--random-weights"),

@@ -15,9 +15,11 @@ from onnx import TensorProto, helper
 from conftest import assert_one_line_error, seeded_pack
 from prtk.pruning.cost import block_cost_ratio
 from prtk.pruning.spec import TowerSpec, build_tower
-from prtk.export.checks import Tolerance, check_runtime, load_check_images
+from prtk.export.checks import check_runtime, load_check_images
+from prtk.export.criteria import Tolerance
 from prtk.export.deployed import DeployedTower
-from prtk.export.exporter import ExportConfig, export_models
+from prtk.export.config import ExportConfig
+from prtk.export.exporter import export_models
 from prtk.export.tensorrt_readiness import tensorrt_findings
 from prtk.models import load_clip
 from prtk.predictor.pack import load_pack
@@ -90,8 +92,8 @@ def test_baseline_exports_and_external_data(run_cli, tmp_path):
     assert [file.name for file in record.files] == [f"{SHAPES}_keep0.60.onnx", f"{SHAPES}_keep0.60.onnx.data"]
     assert record.passed, record.checks
     assert record.path.stat().st_size < 200_000 < record.files[1].stat().st_size
-    assert record.meta["pruning"]["scorer"] == "fixed-random" and record.meta["pruning"]["layer"] == 2
-    assert [o["name"] for o in record.meta["outputs"]] == ["embedding"]
+    assert record.as_dict()["pruning"]["scorer"] == "fixed-random" and record.as_dict()["pruning"]["layer"] == 2
+    assert [o["name"] for o in record.as_dict()["outputs"]] == ["embedding"]
     result = run_cli("export", "--model", SHAPES, "--keep", "0.6", "--out", tmp_path / "fp16", "--fp16")
     assert result.exit_code == 0, result.output
     model = onnx.load(str(tmp_path / "fp16" / f"{SHAPES}_keep0.60_fp16.onnx"))
@@ -146,7 +148,7 @@ def test_a_three_stage_elip_export_bakes_its_language_side(run_cli, shapes_dir, 
 def test_runtime_check_fails_for_a_graph_that_is_not_its_reference(tmp_path):
     clip = load_clip(SHAPES)
     images, _ = load_check_images(clip.preprocess, 64, None, 4)
-    (record,) = export_models(clip, ExportConfig(keeps=(0.6,), check=False), tmp_path, None)
+    (record,) = export_models(clip, ExportConfig(keeps=(0.6,), run_checks=False), tmp_path, None)
     other = load_clip(SHAPES, random_weights=True)
     from prtk.pruning.tower import PrunedVisionTower
 
@@ -237,7 +239,7 @@ def test_cifar_onnx_predictions_agree_with_pytorch_on_the_test_split(cifar_test_
     pack = seeded_pack(clip, tmp_path / "cifar.prtk", keeps=(0.6,), tokens=8)
     dataset = ImageFolderDataset(cifar_test_dir, clip.preprocess, 32)
     classes = tuple(class_display_name(name) for name in dataset.classes)
-    config = ExportConfig(keeps=(0.6,), pack=str(pack), classes=classes, check=False)
+    config = ExportConfig(keeps=(0.6,), pack=str(pack), classes=classes, run_checks=False)
     (record,) = export_models(clip, config, tmp_path, None)
     session = onnxruntime.InferenceSession(str(record.path), providers=["CPUExecutionProvider"])
     tower = build_tower(clip, TowerSpec(0.6, "predictor"), load_pack(pack))
@@ -260,4 +262,4 @@ def test_vit_b16_keep_06_export_passes_the_checks(tmp_path):
     images, _ = load_check_images(clip.preprocess, 224, None, 3)
     (record,) = export_models(clip, ExportConfig(keeps=(0.6,), layer=3), tmp_path, images)
     assert record.passed, record.checks
-    assert record.meta["pruning"]["keep_count"] == 118
+    assert record.as_dict()["pruning"]["keep_count"] == 118

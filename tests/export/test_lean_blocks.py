@@ -11,7 +11,8 @@ import torch
 from conftest import assert_one_line_error
 from prtk.export.checks import load_check_images
 from prtk.export.deployed import DeployedTower
-from prtk.export.exporter import ExportConfig, export_models
+from prtk.export.config import ExportConfig
+from prtk.export.exporter import export_models
 from prtk.export.lean_blocks import export_blocks
 from prtk.export.onnx_graph import fold_constants, graph_structure, tidy, trace
 from prtk.export.onnxruntime_ops import CUSTOM_OPSETS
@@ -34,25 +35,25 @@ def test_levels_give_lean_checked_deterministic_graphs(tmp_path, level):
         assert record.path.read_bytes() == twin.path.read_bytes()
         model = onnx.load(str(record.path))
         structure = graph_structure(model)
-        assert record.meta["graph"] == structure.as_dict() and structure.blocks == layers
-        assert record.meta["optimize"] == level and model.opset_import[0].version == 20
+        assert record.as_dict()["graph"] == structure.as_dict() and structure.blocks == layers
+        assert record.as_dict()["optimize"] == level and model.opset_import[0].version == 20
         checks = [check.name for check in record.checks]
         if level == "O1":
             assert structure.nodes_per_block <= 25 and structure.fused_operators == {}
             assert checks == ["onnx.checker", "onnxruntime", "tensorrt"]
-            assert record.meta["runtimes"] == ["onnxruntime", "openvino", "tensorrt"]
+            assert record.as_dict()["runtimes"] == ["onnxruntime", "openvino", "tensorrt"]
             assert "Gelu" in {node.op_type for node in model.graph.node}
         else:
             assert structure.fused_operators == {"Attention": layers, "BiasGelu": layers,
                                                  "SkipLayerNormalization": layers}
             assert not any(node.op_type == "Softmax" and "resblocks" in node.name for node in model.graph.node)
-            assert checks == ["onnx.checker", "onnxruntime"] and record.meta["runtimes"] == ["onnxruntime"]
+            assert checks == ["onnx.checker", "onnxruntime"] and record.as_dict()["runtimes"] == ["onnxruntime"]
 
 
 def test_o0_keeps_open_clips_blocks_at_opset_17(tmp_path):
     clip = load_clip(SHAPES)
     (record,) = export_models(clip, ExportConfig(keeps=(0.6,), optimize="O0"), tmp_path, None)
-    assert record.passed and record.meta["opset"] == 17 and record.meta["graph"]["nodes_per_block"] > 80
+    assert record.passed and record.as_dict()["opset"] == 17 and record.as_dict()["graph"]["nodes_per_block"] > 80
 
 
 def small_vit(**options):

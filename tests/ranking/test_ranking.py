@@ -81,7 +81,7 @@ def test_rank_cli_writes_a_self_describing_file(run_cli, shapes64, tmp_path):
 
 
 def test_resume_after_a_kill_gives_the_same_file(shapes64, tmp_path):
-    from prtk.ranking.run import rank_folder
+    from prtk.ranking.folder_ranking import rank_folder
 
     clip = load_clip("prtk-testbed-shapes")
     config = RankingConfig(layer=3, step=8)

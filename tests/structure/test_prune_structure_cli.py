@@ -75,6 +75,25 @@ def test_the_smaller_model_goes_through_eval_rank_train_export_validate_bench(sm
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert {row["keep"] for row in rows} == {0.6, None}  # None: the unpruned tower
+    result = run_cli("export", *MODEL, "--keep", "0.6", "--full", "--out", tmp_path / "parent", "--no-check")
+    assert result.exit_code == 0, result.output
+    parent = tmp_path / "parent" / "prtk-testbed-shapes_full.onnx"
+    result = run_cli("bench", "--baseline", parent, graph, *model, "--pack", pack, "--backend", "onnxruntime,torch",
+                     "--batch", "4", "--warmup", "1", "--iterations", "2", "--seconds", "0", "--json", "-")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["baseline"] == parent.name and "baseline" in result.stderr
+    rows = {(row["backend"], row["artifact"]): row for row in document["rows"]}
+    assert set(rows) == {(backend, file) for backend in ("onnxruntime", "torch") for file in (parent.name, graph.name)}
+    for backend in ("onnxruntime", "torch"):
+        child, base = rows[(backend, graph.name)], rows[(backend, parent.name)]
+        assert (child["model"], base["model"]) == (name, "prtk-testbed-shapes")
+        assert child["speedup"] is None and base["vs_baseline"] == base["paired_vs_baseline"] == 1.0
+        assert child["vs_baseline"] == pytest.approx(base["median_ms"] / child["median_ms"])
+        assert child["baseline_bound"] == pytest.approx(base["gflops"] / child["gflops"])
+        assert child["baseline_bound"] > 1
+    assert_one_line_error(run_cli("bench", graph, "--backend", "onnxruntime"), "no unpruned fp32 tower",
+                          "name a --baseline")
 
 
 def test_prune_structure_refuses_bad_targets_and_existing_files(smaller, run_cli, shapes_dir, tmp_path):

@@ -175,7 +175,8 @@ def test_narrow_towers_export_and_match_at_every_level(shapes_bed, tmp_path, lev
     """Attention of 3 heads in a 128-wide tower through open_clip's blocks (O0), the lean blocks (O1) and ONNX
     Runtime's fused Attention (O2): the export's checks compare each graph with the PyTorch tower."""
     from prtk.export.checks import load_check_images
-    from prtk.export.exporter import ExportConfig, export_models
+    from prtk.export.config import ExportConfig
+    from prtk.export.exporter import export_models
 
     kept = KeptModules((0, 1, 2, 4, 5), {b: (0, 1, 3) for b in range(6)}, {b: tuple(range(6)) for b in range(6)}, 32)
     smaller, _ = write_test_model(shapes_bed, kept, StructureShape(3, 192, 5), tmp_path, f"shapes-narrow-{level}")
@@ -183,5 +184,5 @@ def test_narrow_towers_export_and_match_at_every_level(shapes_bed, tmp_path, lev
     records = export_models(smaller, ExportConfig(keeps=(0.6,), full=True, optimize=level), tmp_path / "onnx",
                             check_images)
     assert [record.passed for record in records] == [True, True], [c.as_dict() for r in records for c in r.checks]
-    assert all(record.meta["architecture"]["heads"] == 3 and record.meta["lineage"] == {"note": "test"}
+    assert all(record.as_dict()["architecture"]["heads"] == 3 and record.as_dict()["lineage"] == {"note": "test"}
                for record in records)

@@ -10,8 +10,8 @@ import sys
 import click
 
 from prtk.core.errors import PrtkInputError
-from prtk.export.levels import DEFAULT_LEVEL, OPTIMIZE_LEVELS
-from prtk.export.quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD
+from prtk.export.options import (CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD,
+                                 DEFAULT_LEVEL, OPTIMIZE_LEVELS)
 
 
 class PrtkInputUsageError(click.ClickException):

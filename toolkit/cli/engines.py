@@ -69,26 +69,30 @@ def build_engine_command(target, precision, batch_profile, workspace, timing_cac
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs per case.")
 @click.option("--iterations", type=int, default=10, show_default=True, help="Timed runs per case, at least.")
 @click.option("--seconds", type=float, default=2.0, show_default=True, help="Timed seconds per case, at least.")
+@click.option("--baseline", metavar="FILE", default=None,
+              help="With artifacts: the reference every row is also compared with on the same backend, of any "
+                   "model (e.g. the parent model's unpruned graph); it is timed in the same rounds.")
 @json_option("the rows")
 @force_option()
 @click.pass_context
 def bench_command(ctx, artifacts, model_name, pretrained, checkpoint, model_config, random_weights, seed, pack,
                   no_tokens, scorer, keeps, layer, backends, variants, calib_data, calib_images, calib_method,
-                  before_pruning, optimize, batches, device, precision, warmup, iterations, seconds, json_path, force):
-    """The deployment frontier: latency (median, p90, p99), images/s, GFLOPs and speedups per backend, precision
-    variant, keep ratio and batch.
+                  before_pruning, optimize, batches, device, precision, warmup, iterations, seconds, baseline,
+                  json_path, force):
+    """The deployment frontier: latency (median, p90, p99), images/s, GFLOPs and speedups per artifact, backend,
+    precision variant, keep ratio and batch.
 
     Given DIR_OR_FILE (export folders as `prtk export` and `prtk build-engine` wrote them, or single .onnx /
-    .engine files of one model), times those artifacts as they are; they must hold the unpruned tower of each
-    variant (export with --full). Without, exports the model's graphs (--keep, --variants, ...) into a temporary
-    folder and times them. Every contender of a batch (each backend and variant, unpruned and each keep) is timed
-    round-robin in one loop, the order rotated every round. Two speedups per row, each as a ratio of medians and
-    paired (the median of per-round ratios): over the unpruned tower of the same backend and variant (beside the
-    cost-model bound), and over the fastest unpruned deployment of the run (any backend, any variant). Backends are
-    timed through one runner interface: CUDA events for torch on a GPU, wall time otherwise.
+    .engine files, of one model or several), times those artifacts as they are; each pruned one needs the unpruned
+    tower of its model and variant beside it (export with --full), or a --baseline. Without, exports the model's
+    graphs (--keep, --variants, ...) into a temporary folder and times them. Every contender of a batch is timed
+    round-robin in one loop, the order rotated every round. Speedups per row, paired (the median of per-round
+    ratios): over the unpruned tower of the same model, backend and variant (beside the cost-model bound), over the
+    --baseline (beside the GFLOPs ratio), and over the fastest unpruned deployment of the run (any backend, any
+    variant); '(noise)' marks one more than 10% above its bound. Backends are timed through one runner interface:
+    CUDA events for torch on a GPU, wall time otherwise.
     """
     from prtk.core.console import progress_bar
-    from prtk.core.devices import resolve_device
     from prtk.engines.benchmark import BenchConfig, Timing, bench_artifacts, run_bench
 
     config = BenchConfig(keeps=parse_keeps(keeps), pack=pack, tokens=not no_tokens, scorer=scorer, layer=layer,
@@ -97,25 +101,34 @@ def bench_command(ctx, artifacts, model_name, pretrained, checkpoint, model_conf
                          calib_images=calib_images, calib_method=calib_method, before_pruning=before_pruning,
                          batches=parse_counts(batches, "--batch"), device=device, precision=precision, seed=seed,
                          timing=Timing(warmup, iterations, seconds))
-    if artifacts:
-        refuse_export_options(ctx, ("keeps", "no_tokens", "scorer", "layer", "variants", "calib_data",
-                                    "calib_images", "calib_method", "before_pruning", "optimize"))
-        config.check_timing()
-    else:
-        refuse_unless(ctx, ("calib_images", "calib_method"), "int8-static" in config.variants,
-                      "the int8-static variant (--variants)")
-        refuse_unless(ctx, ("no_tokens",), pack is not None, "--pack")
-        config.check()
-    resolve_device(device)
+    _check_bench_options(ctx, config, artifacts)
     check_json_destination(json_path, force, weights_inputs(checkpoint, model_config) | {"--pack": pack})
     given = model_name is not None or model_config is not None
     clip = (load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
             if given or not artifacts else None)
     with progress_bar(f"bench {clip.name if clip else Path(artifacts[0]).name}", unit="batch") as update:
-        result = (bench_artifacts(artifacts, config, clip, progress=update) if artifacts
+        result = (bench_artifacts(artifacts, config, clip, progress=update, baseline=baseline) if artifacts
                   else run_bench(clip, config, progress=update))
     print_bench_table(result, to_stderr=json_path == "-")
     emit_json(result, json_path, force)
+
+
+def _check_bench_options(ctx, config, artifacts: tuple[str, ...]) -> None:
+    """Refuse the options of the mode not taken (exporting a model's graphs, or timing ``artifacts``) and settings
+    that cannot be measured, before any work."""
+    from prtk.core.devices import resolve_device
+
+    if artifacts:
+        refuse_export_options(ctx, ("keeps", "no_tokens", "scorer", "layer", "variants", "calib_data",
+                                    "calib_images", "calib_method", "before_pruning", "optimize"))
+        config.check_timing()
+    else:
+        refuse_unless(ctx, ("baseline",), False, "artifacts to time (DIR_OR_FILE)")
+        refuse_unless(ctx, ("calib_images", "calib_method"), "int8-static" in config.variants,
+                      "the int8-static variant (--variants)")
+        refuse_unless(ctx, ("no_tokens",), config.pack is not None, "--pack")
+        config.check()
+    resolve_device(config.device)
 
 
 @click.command("validate", cls=PrtkCommand)
@@ -167,36 +180,45 @@ def validate_command(ctx, artifact, model_name, pretrained, checkpoint, model_co
     loaded from the weights the sidecar names (or the model options given, which must match them).
     """
     from prtk.core.console import progress_bar
-    from prtk.core.errors import PrtkInputError
     from prtk.engines.cpp_program import CppProgram
-    from prtk.engines.validation import (PROGRAM_BACKENDS, Thresholds, check_backend, inputs_script_path, validate,
-                                         write_report)
-    from prtk.export.artifact import ArtifactFile
+    from prtk.engines.validation import PROGRAM_BACKENDS, validate, validation_backend
+    from prtk.engines.validation_report import write_report
+    from prtk.export.criteria import Thresholds
+    from prtk.export.artifact import Artifact
 
     refuse_unless(ctx, ("cpp_program",), backend in PROGRAM_BACKENDS, "--backend cpp-openvino")
-    target = ArtifactFile.read(artifact)
-    check_backend(target, backend)
+    target = Artifact.read(artifact)
+    validation_backend(target, backend)
     program = CppProgram.find(cpp_program) if backend in PROGRAM_BACKENDS else None
     thresholds = Thresholds.for_precision(target.precision, min_agreement=min_agreement, min_cosine=min_cosine,
                                           max_accuracy_delta=max_accuracy_delta, max_abs_diff=max_abs_diff,
                                           max_relative_error=max_relative_error)
-    prefix = report_prefix or f"{target.path}.validation"
     inputs = {**target.inputs, "--pack": pack, **weights_inputs(checkpoint, model_config)}
-    markdown_path, json_path = (check_output(f"{prefix}{suffix}", force, inputs) for suffix in (".md", ".json"))
-    if results_path is not None:
-        if not results_path.endswith(".json"):
-            raise PrtkInputError(f"--save-results must name a .json file, got {results_path!r}")
-        outputs = {"report": str(markdown_path), "report JSON": str(json_path)}
-        for path in (results_path, inputs_script_path(results_path)):
-            check_output(str(path), force, inputs | outputs)
-    clip = (target.reference_model() if model_name is None and model_config is None
+    outputs = _validation_outputs(report_prefix or f"{target.path}.validation", results_path, force, inputs)
+    clip = (target.load_reference_model() if model_name is None and model_config is None
             else load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed))
     with progress_bar(f"validate {target.path.name}") as update:
         report = validate(clip, target, data_root, thresholds, pack, limit, batch_size, progress=update,
                           backend=backend, results_path=results_path, program=program)
-    click.echo(write_report(report, markdown_path, json_path))
-    click.echo(f"wrote {markdown_path} and {json_path}", err=True)
+    click.echo(write_report(report, *outputs[:2]))
+    click.echo(f"wrote {outputs[0]} and {outputs[1]}", err=True)
     if results_path is not None:
-        click.echo(f"wrote {results_path} and {inputs_script_path(results_path)}", err=True)
+        click.echo(f"wrote {outputs[2]} and {outputs[3]}", err=True)
     if not report.passed:
         ctx.exit(1)
+
+
+def _validation_outputs(prefix: str, results_path: str | None, force: bool, inputs: dict) -> list[Path]:
+    """The report (``PREFIX.md``, ``PREFIX.json``) and, with ``--save-results``, the run results and their data
+    loader: refused in one line when one exists (without ``force``), is an input, or is another of them."""
+    from prtk.core.errors import PrtkInputError
+    from prtk.engines.validation import inputs_script_path
+
+    outputs = [check_output(f"{prefix}{suffix}", force, inputs) for suffix in (".md", ".json")]
+    if results_path is not None:
+        if not results_path.endswith(".json"):
+            raise PrtkInputError(f"--save-results must name a .json file, got {results_path!r}")
+        written = {"report": str(outputs[0]), "report JSON": str(outputs[1])}
+        outputs += [check_output(str(path), force, inputs | written)
+                    for path in (results_path, inputs_script_path(results_path))]
+    return outputs

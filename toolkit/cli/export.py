@@ -10,7 +10,7 @@ from prtk.cli.base import (PrtkCommand, calibration_options, check_json_destinat
                            stages_option, weights_inputs)
 from prtk.cli.render import print_export_table
 from prtk.core.files import check_writable_folder
-from prtk.export.quantize import QUANTIZE_MODES
+from prtk.export.options import QUANTIZE_MODES
 
 
 @click.command("export", cls=PrtkCommand)
@@ -73,37 +73,52 @@ def export_command(ctx, model_name, pretrained, checkpoint, model_config, random
     graph's embedded description. One export writes a folder at a time (a second is refused); --json may not
     name a file the export writes. The same inputs give byte-identical files.
     """
-    from prtk.core.console import progress_bar
-    from prtk.core.files import folder_writer_lock
-    from prtk.export.checks import load_check_images
-    from prtk.export.exporter import ExportConfig, check_export_outputs, export_models, read_class_names
+    from prtk.export.config import ExportConfig
+    from prtk.export.exporter import read_class_names
 
     layer, keep, later_stages = stage_schedule(ctx, stages, layer, None)
-    refuse_unless(ctx, ("calib_images", "calib_method"), quantize == "int8-static", "--quantize int8-static")
-    refuse_unless(ctx, ("stage_scorer",), stages is not None, "--stages")
-    refuse_unless(ctx, ("no_tokens",), pack is not None, "--pack")
-    refuse_unless(ctx, ("check_data", "check_images"), not no_check, "the checks (drop --no-check)")
+    _refuse_unused_options(ctx, quantize, stages, pack, no_check)
     config = ExportConfig(keeps=parse_keeps(keeps) if keep is None else (keep,), pack=pack, scorer=scorer, layer=layer,
                           later_stages=later_stages, stage_scorer=stage_scorer, fuse_dropped=fuse_dropped,
-                          tokens=not no_tokens,
-                          full=full, normalize=not no_normalize, kept_indices=not no_kept_indices,
+                          tokens=not no_tokens, full=full, normalize=not no_normalize, kept_indices=not no_kept_indices,
                           classes=read_class_names(classes_path) if classes_path else (), fp16=fp16, quantize=quantize,
                           calib_data=calib_data, calib_images=calib_images, calib_method=calib_method,
-                          before_pruning=before_pruning, optimize=optimize, opset=opset, seed=seed, check=not no_check)
-    config.check_values()
+                          before_pruning=before_pruning, optimize=optimize, opset=opset, seed=seed,
+                          run_checks=not no_check)
+    config.check()
     inputs = weights_inputs(checkpoint, model_config) | {"--pack": pack, "--classes": classes_path}
     check_json_destination(json_path, force, inputs)
     check_writable_folder(out_dir)
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
+    records = _export(clip, config, out_dir, inputs, (check_data, check_images), json_path, force)
+    if not all(record.passed for record in records):
+        click.echo("prtk export: a check failed (see the table)", err=True)
+        ctx.exit(1)
+
+
+def _refuse_unused_options(ctx: click.Context, quantize: str | None, stages: str | None, pack: str | None,
+                           no_check: bool) -> None:
+    refuse_unless(ctx, ("calib_images", "calib_method"), quantize == "int8-static", "--quantize int8-static")
+    refuse_unless(ctx, ("stage_scorer",), stages is not None, "--stages")
+    refuse_unless(ctx, ("no_tokens",), pack is not None, "--pack")
+    refuse_unless(ctx, ("check_data", "check_images"), not no_check, "the checks (drop --no-check)")
+
+
+def _export(clip, config, out_dir: str, inputs: dict, check_source: tuple, json_path: str | None, force: bool):
+    """``export_models`` into ``out_dir`` under its writer lock after refusing outputs that cannot be written;
+    the checks' images from ``check_source`` (``--check-data``, ``--check-images``); prints the table and the
+    ``--json`` document."""
+    from prtk.core.console import progress_bar
+    from prtk.core.files import folder_writer_lock
+    from prtk.export.checks import load_check_images
+    from prtk.export.exporter import check_export_outputs, export_models
+
     with folder_writer_lock(out_dir, "export"):
-        others = {"--json": json_file(json_path)}
-        check_export_outputs(clip.name, config, out_dir, force, inputs, others)
-        images, source = (None, "") if no_check else load_check_images(clip.preprocess, clip.spec.image_size,
-                                                                        check_data, check_images)
+        check_export_outputs(clip.name, config, out_dir, force, inputs, {"--json": json_file(json_path)})
+        images, source = ((None, "") if not config.run_checks
+                          else load_check_images(clip.preprocess, clip.spec.image_size, *check_source))
         with progress_bar(f"export {clip.name}", unit="graph") as update:
             records = export_models(clip, config, out_dir, images, force=force, progress=update)
         print_export_table(records, source, to_stderr=json_path == "-")
         emit_json({"exports": [record.as_dict() for record in records]}, json_path, force)
-    if not all(record.passed for record in records):
-        click.echo("prtk export: a check failed (see the table)", err=True)
-        ctx.exit(1)
+    return records

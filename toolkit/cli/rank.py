@@ -50,7 +50,7 @@ def rank_command(ctx, model_name, pretrained, checkpoint, model_config, random_w
     from prtk.core.console import progress_bar
     from prtk.core.devices import resolve_device
     from prtk.ranking.distributed import check_threads, work_partition
-    from prtk.ranking.job import rank_images
+    from prtk.ranking.timed_ranking import rank_images
     from prtk.ranking.search import RankingConfig
 
     for option, value in (("--data", data_root), ("--out", out)):
@@ -81,7 +81,7 @@ def rank_command(ctx, model_name, pretrained, checkpoint, model_config, random_w
 @force_option("Overwrite an existing OUT.")
 def rank_merge_command(out, shards, force):
     """Join the files of `prtk rank --shard i/n` (every i) into the file one run would write."""
-    from prtk.ranking.run import merge_rankings
+    from prtk.ranking.folder_ranking import merge_rankings
     from prtk.ranking.file import load_ranking, save_ranking
 
     check_output(out, force, {f"SHARD {shard}": shard for shard in shards})

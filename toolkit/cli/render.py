@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prtk.core.console import print_table, stderr, stdout
+from prtk.core.console import print_table, speedup_text, stderr, stdout
 
 if TYPE_CHECKING:
     from prtk.engines.benchmark import BenchResult
@@ -14,12 +14,12 @@ if TYPE_CHECKING:
 def print_eval_table(report: EvalReport, to_stderr: bool) -> None:
     pruning = report.pruning
     scorer = pruning.scorer + (f" + {pruning.learnable_tokens} tokens" if pruning.learnable_tokens else "")
-    stages = [{"block": pruning.layer, "keep": pruning.keep, "keep_count": pruning.keep_count},
-              *pruning.later_stages]
-    if len(stages) > 1:
-        scorer += f" + {stages[1]['scorer']} stages"
+    stages = [(pruning.layer, pruning.keep, pruning.keep_count),
+              *((stage.block, stage.keep, stage.keep_count) for stage in pruning.later_stages)]
+    if pruning.later_stages:
+        scorer += f" + {pruning.later_stages[0].scorer} stages"
     rows = [["unpruned", "1", str(report.architecture["num_patches"]), "-"],
-            [scorer, *(" > ".join(f"{stage[key]:g}" for stage in stages) for key in ("keep", "keep_count", "block"))]]
+            [scorer, *(" > ".join(f"{stage[column]:g}" for stage in stages) for column in (1, 2, 0))]]
     for row, result in zip(rows, (report.unpruned, report.pruned), strict=True):
         row += [f"{result.top1:.2f}", f"{result.top5:.2f}", f"{result.images_per_s:,.1f}", f"{result.gflops:.3f}"]
     print_table(f"{report.model} on {report.data_root} ({report.images} images)",
@@ -34,13 +34,13 @@ def print_export_table(records, source: str, to_stderr: bool) -> None:
     names = [check.name for check in records[0].checks] if records and records[0].checks else []
     rows = []
     for record in records:
-        pruning = record.meta["pruning"]
+        artifact = record.artifact
+        pruning, graph = artifact.pruning, artifact.graph
         size = sum(file.stat().st_size for file in record.files) / 2 ** 20
-        graph = record.meta["graph"]
-        fused = ", ".join(f"{count} {op}" for op, count in graph["fused_operators"].items()) or "-"
-        rows.append(["full" if pruning is None else f"{pruning['keep']:g}",
-                     "-" if pruning is None else str(pruning["keep_count"]), f"{record.meta['gflops']:.3f}",
-                     f"{size:.1f}", record.meta["optimize"], str(graph["nodes"]), str(graph["nodes_per_block"]),
+        fused = ", ".join(f"{count} {op}" for op, count in graph.fused_operators.items()) or "-"
+        rows.append(["full" if pruning is None else f"{pruning.keep:g}",
+                     "-" if pruning is None else str(pruning.keep_count), f"{artifact.gflops:.3f}",
+                     f"{size:.1f}", artifact.optimize, str(graph.nodes), str(graph.nodes_per_block),
                      fused, *("pass" if check.passed else "FAIL" for check in record.checks)])
     print_table(f"ONNX exports (checks on {source})" if names else "ONNX exports (checks skipped)",
                 ["keep", "k", "GFLOPs", "MiB", "level", "nodes", "per block", "fused", *names], rows,
@@ -52,21 +52,29 @@ def print_export_table(records, source: str, to_stderr: bool) -> None:
 
 
 def print_bench_table(result: BenchResult, to_stderr: bool) -> None:
-    table = [[row.backend, row.variant, "full" if row.keep is None else f"{row.keep:g}", str(row.batch),
+    """One row per (artifact, backend, batch); ``(noise)`` marks a paired speedup more than 10% above its bound."""
+    several = len({row.model for row in result.rows}) > 1
+    levels = len({row.optimize for row in result.rows}) > 1
+    table = [[row.artifact, row.backend, row.variant + (f" {row.optimize}" if levels else ""), row.schedule,
+              str(row.batch),
               *(f"{value:.2f}" for value in (row.median_ms, row.p90_ms, row.p99_ms)), f"{row.images_per_s:,.1f}",
-              f"{row.gflops:.2f}", f"{row.speedup:.2f}x", f"{row.paired_speedup:.2f}x", f"{row.bound:.2f}x",
-              f"{row.vs_fastest_unpruned:.2f}x", f"{row.paired_vs_fastest_unpruned:.2f}x"] for row in result.rows]
+              f"{row.gflops:.2f}", speedup_text(row.paired_speedup, row.bound), f"{row.bound:.2f}x",
+              *([speedup_text(row.paired_vs_baseline, row.baseline_bound)] if result.baseline else []),
+              speedup_text(row.paired_vs_fastest_unpruned, None)] for row in result.rows]
     fastest = ", ".join(f"batch {batch}: {name}" for batch, name in result.fastest_unpruned.items())
-    print_table(f"{result.model} on {result.device} ({result.precision}); fastest unpruned: {fastest}",
-                ["backend", "variant", "keep", "batch", "median ms", "p90 ms", "p99 ms", "images/s", "GFLOPs",
-                 "speedup", "paired", "bound", "vs fastest unpruned", "paired"],
+    baseline = f"; baseline {result.baseline}" if result.baseline else ""
+    print_table(f"{result.model} on {result.device} ({result.precision}){baseline}; fastest unpruned: {fastest}",
+                ["artifact" + (" (models differ)" if several else ""), "backend", "variant", "keep", "batch",
+                 "median ms", "p90 ms", "p99 ms", "images/s", "GFLOPs", "speedup (paired)", "bound",
+                 *(["vs baseline (paired)"] if result.baseline else []), "vs fastest unpruned (paired)"],
                 table, console=stderr if to_stderr else stdout)
 
 
 def print_quickstart_table(summary: dict, to_stderr: bool) -> None:
     keeps = [f"{k:g}" for k in summary["config"]["keeps"]]
     rows = [[name, *(f"{points[k]:.2f}" for k in keeps)] for name, points in summary["accuracy"].items()]
-    rows += [[f"{backend} speedup (batch {summary['speedup_batch']})", *(f"{points[k]:.2f}x" for k in keeps)]
+    rows += [[f"{backend} speedup (batch {summary['speedup_batch']})",
+              *(speedup_text(points[k], summary["bound"][k]) for k in keeps)]
              for backend, points in summary["speedup"].items()]
     rows.append(["cost-model bound", *(f"{summary['bound'][k]:.2f}x" for k in keeps)])
     rows += [[f"{backend} vs fastest unpruned ({summary['fastest_unpruned']})", *(f"{points[k]:.2f}x" for k in keeps)]

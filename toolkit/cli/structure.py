@@ -54,10 +54,8 @@ def prune_structure_command(ctx, model_name, pretrained, checkpoint, model_confi
     Load the result anywhere with --model-config OUT/NAME.json --checkpoint OUT/NAME.safetensors. A killed run
     restarted with the same command continues where it stopped.
     """
-    from prtk.core.files import check_distinct_outputs, check_not_an_input
     from prtk.structure import StructureConfig, plan_shape, prune_structure
     from prtk.structure.distillation import DistillConfig
-    from prtk.structure.job import output_paths, run_folder
 
     refuse_unless(ctx, ("metric",), selection == "mope", "--select mope")
     refuse_unless(ctx, ("distill_images", "lr"), distill_epochs > 0, "distillation (--distill-epochs above 0)")
@@ -73,13 +71,7 @@ def prune_structure_command(ctx, model_name, pretrained, checkpoint, model_confi
     check_json_destination(json_path, force, inputs)
     clip = load_model_from_options(model_name, pretrained, checkpoint, model_config, random_weights, seed)
     shape = plan_shape(clip, config)
-    stem = name or f"{clip.name}-{shape.tag}"
-    outputs = output_paths(Path(out), stem)
-    for path in outputs.values():
-        check_not_an_input(path, inputs)
-    check_distinct_outputs([("--json", json_file(json_path)),
-                            *((f"the model's {role}", path) for role, path in outputs.items()),
-                            ("the run folder", run_folder(Path(out), stem))])
+    _check_outputs(Path(out), name or f"{clip.name}-{shape.tag}", inputs, json_path)
     result = prune_structure(clip, data_root, out, config, force=force)
     top1 = result.calibration_top1
     click.echo(f"wrote {result.config_path}, {result.weights_path}: heads {shape.heads}/{clip.spec.heads}, "
@@ -87,3 +79,17 @@ def prune_structure_command(ctx, model_name, pretrained, checkpoint, model_confi
                f"{result.gflops:.4g} of {result.parent_gflops:.4g} GFLOPs; calibration top-1 "
                + ", ".join(f"{key} {value:.2f}%" for key, value in top1.items()), err=True)
     emit_json(result, json_path, force)
+
+
+def _check_outputs(out: Path, stem: str, inputs: dict, json_path: str | None) -> None:
+    """Refuse model files that would replace an input, or that another output of the command (``--json``, the run
+    folder) names."""
+    from prtk.core.files import check_distinct_outputs, check_not_an_input
+    from prtk.structure.job import output_paths, run_folder
+
+    outputs = output_paths(out, stem)
+    for path in outputs.values():
+        check_not_an_input(path, inputs)
+    check_distinct_outputs([("--json", json_file(json_path)),
+                            *((f"the model's {role}", path) for role, path in outputs.items()),
+                            ("the run folder", run_folder(out, stem))])

@@ -99,3 +99,14 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
     if not console.is_terminal:
         console = Console(file=console.file, width=PIPED_WIDTH)
     console.print(table)
+
+
+NOISE_MARGIN = 1.1  # a speedup above its cost-model bound x this is machine noise, not pruning
+
+
+def speedup_text(ratio: float | None, bound: float | None) -> str:
+    """``1.23x``; ``2.62x (noise)`` when it exceeds the cost-model ``bound`` by more than 10% (what was measured is
+    shown, and said to be noise); ``-`` without a ratio."""
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2f}x" + (" (noise)" if bound is not None and ratio > bound * NOISE_MARGIN else "")

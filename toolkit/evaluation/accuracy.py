@@ -13,10 +13,11 @@ import torch
 from prtk.data.folder import ImageFolderDataset, UnreadableImageError, class_display_name, make_loader
 from prtk.core.devices import resolve_device
 from prtk.core.errors import PrtkInputError
-from prtk.pruning.cost import block_cost_ratio, gflops, vision_macs
+from prtk.pruning.cost import gflops, vision_macs
+from prtk.pruning.facts import PruningFacts, tower_macs
 from prtk.models import LoadedClip
 from prtk.pruning.tower import PrunedVisionTower
-from prtk.evaluation.report import EvalReport, PruningFacts, TowerAccuracy
+from prtk.evaluation.report import EvalReport, TowerAccuracy
 from prtk.pruning.spec import TowerSpec, build_tower
 from prtk.models.zeroshot import DEFAULT_TEMPLATES, class_embeddings, topk_correct, zero_shot_logits
 
@@ -146,19 +147,10 @@ def evaluate(clip: LoadedClip, data_root: str | Path, config: EvalConfig,
     evaluated = len(dataset) - len(skipped)
     if evaluated == 0:
         raise PrtkInputError(f"no readable images in {data_root}: all {len(dataset)} failed to decode")
-    layer, tokens = tower.layer, tower.num_learnable_tokens
-    stages = config.later_stages
-    pruned_macs = vision_macs(spec, config.keep, layer, tokens, config.fuse_dropped, stages)
     return EvalReport(
         model=clip.name, weights=clip.weights | {"sha256": clip.weights_sha256}, architecture=spec.as_dict(),
         data_root=str(data_root), classes=dataset.classes, images=evaluated, skipped_bad=skipped,
-        pruning=PruningFacts(layer=layer, keep=config.keep, keep_count=tower.keep_count, scorer=config.scorer,
-                             seed=config.seed, fuse_dropped=config.fuse_dropped, learnable_tokens=tokens,
-                             block_cost_ratio=block_cost_ratio(spec, config.keep, layer, tokens,
-                                                               config.fuse_dropped, stages),
-                             later_stages=[{"block": block, "keep": keep, "keep_count": count,
-                                            "scorer": config.stage_scorer}
-                                           for (block, keep), count in zip(stages, tower.stage_counts[1:])]),
+        pruning=PruningFacts.of(tower, config.scorer, config.seed),
         ranking=config.ranking, pack=config.pack, device=str(device), config=asdict(config),
         unpruned=unpruned.result(evaluated, vision_macs(spec)),
-        pruned=pruned.result(evaluated, scorer_macs + pruned_macs))
+        pruned=pruned.result(evaluated, scorer_macs + tower_macs(tower)))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from prtk import __version__
+from prtk.pruning.facts import PruningFacts
 
 
 @dataclass(frozen=True)
@@ -15,22 +16,6 @@ class TowerAccuracy:
     top5: float
     images_per_s: float
     gflops: float
-
-
-@dataclass(frozen=True)
-class PruningFacts:
-    """The pruned tower evaluated: ``keep_count`` = k patches kept at the input of block ``layer``, then each of
-    ``later_stages`` (block, keep, keep_count, the scorer that ranked them)."""
-
-    layer: int
-    keep: float
-    keep_count: int
-    scorer: str
-    seed: int
-    fuse_dropped: bool
-    learnable_tokens: int
-    block_cost_ratio: float
-    later_stages: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

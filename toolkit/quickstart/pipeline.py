@@ -19,9 +19,10 @@ import torch
 
 from prtk import __version__
 from prtk.pruning.spec import TowerSpec, build_tower
+from prtk.core.console import speedup_text
 from prtk.core.files import write_bytes_atomic, write_json_atomic
 from prtk.core.errors import PrtkInputError
-from prtk.export.artifact import ArtifactFile
+from prtk.export.artifact import Artifact
 from prtk.models import LoadedClip
 from prtk.predictor.pack import RankerPack
 from prtk.pruning.tower import check_keeps
@@ -117,7 +118,7 @@ def _data(clip: LoadedClip, out: Path, config: QuickstartConfig, data_root, say:
 
 def _rank_and_train(clip, out: Path, config: QuickstartConfig, rank_dir: Path, say: Say,
                     progress) -> tuple[Path, RankerPack]:
-    from prtk.ranking.run import rank_folder
+    from prtk.ranking.folder_ranking import rank_folder
     from prtk.predictor.training import TrainConfig, train_pack
     from prtk.ranking.search import RankingConfig
 
@@ -138,7 +139,8 @@ def _rank_and_train(clip, out: Path, config: QuickstartConfig, rank_dir: Path, s
 
 def _export(clip, out: Path, config: QuickstartConfig, pack: Path, rank_dir: Path, images: torch.Tensor, say: Say,
             progress):
-    from prtk.export.exporter import ExportConfig, export_models
+    from prtk.export.config import ExportConfig
+    from prtk.export.exporter import export_models
 
     exports = [ExportConfig(keeps=config.keeps, pack=str(pack), full=True),
                ExportConfig(keeps=config.keeps, pack=str(pack), full=True, quantize=INT8_VARIANT,
@@ -167,7 +169,7 @@ def _engines(records, say: Say) -> list[Path]:
     cache = str(records[0].path.parent / "timing.cache")
     built = []
     for precision in ("fp16", "int8"):
-        sources = [r.path for r in records if bool(r.meta["quantization"]) == (precision == "int8")]
+        sources = [r.path for r in records if (r.artifact.quantization_mode is not None) == (precision == "int8")]
         built += build_engines(sources, EngineConfig(precision, timing_cache=cache))
     say(f"engines: built {', '.join(path.name for path in built)}")
     return built
@@ -176,30 +178,28 @@ def _engines(records, say: Say) -> list[Path]:
 def _validate(clip, artifacts: list[Path], pack: Path, eval_dir: Path, config: QuickstartConfig, say: Say,
               progress) -> dict:
     """Every export and engine against its references; keyed by (``_artifact_label``, keep)."""
-    from prtk.engines.validation import Thresholds, validate, write_report
+    from prtk.engines.validation import validate
+    from prtk.engines.validation_report import write_report
+    from prtk.export.criteria import Thresholds
 
     folder = artifacts[0].parent.parent / "validation"
     results = {}
     with progress("4/6 validate", "file") as update:
         for done, path in enumerate(artifacts):
-            artifact = ArtifactFile.read(path)
+            artifact = Artifact.read(path)
             report = validate(clip, artifact, eval_dir, Thresholds.for_precision(artifact.precision),
                               str(pack), limit=config.eval_images)
             write_report(report, folder / f"{path.stem}.md", folder / f"{path.stem}.json")
-            keep = artifact.sidecar["pruning"]["keep"] if artifact.sidecar["pruning"] else None
-            results[(_artifact_label(artifact), keep)] = report
+            results[(_artifact_label(artifact), artifact.keep)] = report
             update(done + 1, len(artifacts))
     say("validate: " + ", ".join(f"{v} {'full' if k is None else k}: {'pass' if r.passed else 'FAIL'}"
                                  for (v, k), r in results.items()))
     return results
 
 
-def _artifact_label(artifact: ArtifactFile) -> str:
+def _artifact_label(artifact: Artifact) -> str:
     """An ONNX graph's variant (``fp32``, ``int8-static``), ``tensorrt <variant>`` for an engine."""
-    from prtk.engines.benchmark import artifact_variant
-
-    variant = artifact_variant(artifact)
-    return f"tensorrt {variant}" if artifact.path.suffix == ".engine" else variant
+    return f"tensorrt {artifact.variant}" if artifact.is_engine else artifact.variant
 
 
 def _accuracy(clip, pack: Path, trained: RankerPack, eval_dir: Path, config: QuickstartConfig, say: Say, progress):
@@ -255,8 +255,8 @@ def _summary(clip, config, records, validations, accuracy, unpruned, bench, engi
         "accuracy": {name: {f"{k:g}": v for k, v in points.items()} for name, points in accuracy.items()}
         | {f"predictor + {config.num_tokens} tokens, {INT8_VARIANT} ONNX": {f"{k:g}": int8[k].top1["artifact"]
                                                                           for k in config.keeps}},
-        "exports": [{"file": r.path.name, "keep": r.meta["pruning"]["keep"] if r.meta["pruning"] else None,
-                     "gflops": r.meta["gflops"], "checks_passed": r.passed} for r in records],
+        "exports": [{"file": r.path.name, "keep": r.artifact.keep, "gflops": r.artifact.gflops,
+                     "checks_passed": r.passed} for r in records],
         "engines": [path.name for path in engines],
         "validation": {label: {("full" if k is None else f"{k:g}"): {
             "passed": report.passed, "agreement": report.agreement, "top1": report.top1, "cosine": report.cosine}
@@ -304,7 +304,7 @@ def summary_markdown(summary: dict) -> str:
     lines.append(f"| GFLOPs (unpruned {full:.3f}) | " + " | ".join(f"{gflops[k]:.3f}" for k in keeps) + " |")
     for backend, points in summary["speedup"].items():
         lines.append(f"| {backend} speedup, batch {summary['speedup_batch']} | "
-                     + " | ".join(f"{points[k]:.2f}x" for k in keeps) + " |")
+                     + " | ".join(speedup_text(points[k], summary["bound"][k]) for k in keeps) + " |")
     lines.append("| cost-model bound | " + " | ".join(f"{summary['bound'][k]:.2f}x" for k in keeps) + " |")
     for backend, points in summary["vs_fastest_unpruned"].items():
         if backend != "torch":

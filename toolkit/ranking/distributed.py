@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from prtk.core.errors import PrtkInputError
-from prtk.ranking.run import Shard
+from prtk.ranking.folder_ranking import Shard
 
 
 def work_partition(shard: str | None) -> tuple[Shard, Callable[[dict], dict | None] | None]:

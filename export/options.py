@@ -1,5 +1,6 @@
-"""The ``--optimize`` levels of an export (``prtk.export.lean_blocks`` builds their blocks); torch-free, so that
-the CLI can offer them without importing torch."""
+"""The choices an export offers, importing neither torch nor onnx, so that the CLI can offer them before any command
+runs: the ``--optimize`` levels (``prtk.export.lean_blocks`` builds their blocks) and the quantization modes and
+calibration defaults (``prtk.export.quantize`` makes the graphs)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ OPTIMIZE_LEVELS = {level.name: level for level in (
                   ("onnxruntime",)),
 )}
 DEFAULT_LEVEL = "O1"
+
+QUANTIZE_MODES = ("int8-dynamic", "int8-static")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+DEFAULT_CALIBRATION_METHOD = "minmax"
+DEFAULT_CALIBRATION_IMAGES = 256
 
 
 def optimize_level(name: str) -> OptimizeLevel:

@@ -10,7 +10,7 @@ from typing import Callable
 
 from prtk.models import LoadedClip
 from prtk.ranking.distributed import intra_op_threads
-from prtk.ranking.run import Shard, rank_folder
+from prtk.ranking.folder_ranking import Shard, rank_folder
 from prtk.ranking.search import RankingConfig
 
 
@@ -39,7 +39,7 @@ def rank_images(clip: LoadedClip, data_root: str | Path, out: str | Path, config
                 part: Shard = Shard(), gather: Callable[[dict], dict | None] | None = None, chunk: int = 32,
                 limit: int | None = None, threads: int | None = None, force: bool = False, device: str = "cpu",
                 progress: Callable[[int, int], None] | None = None) -> RankSummary | None:
-    """Rank ``data_root`` into ``out`` (``prtk.ranking.run.rank_folder``) with ``threads`` intra-op threads
+    """Rank ``data_root`` into ``out`` (``prtk.ranking.folder_ranking.rank_folder``) with ``threads`` intra-op threads
     (None: torch's); ``part`` and ``gather`` from ``work_partition``. None on processes other than rank 0."""
     start = time.perf_counter()
     with intra_op_threads(threads) as used_threads:
