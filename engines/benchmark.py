@@ -147,8 +147,9 @@ class BenchRow:
     latency (ms) over ``iterations`` timed runs, images/s, GFLOPs per image; the speedup over the unpruned tower of
     the same model, level, backend and variant (``speedup`` a ratio of medians, ``paired_speedup`` the median of
     per-round ratios; None without one) beside the cost-model ``bound``; over the baseline on the same backend
-    (``vs_baseline``, ``paired_vs_baseline``, beside ``baseline_bound``, its GFLOPs over the row's; None without a
-    baseline there); over the fastest unpruned deployment of the run at this batch (``vs_fastest_unpruned``,
+    (``vs_baseline``, ``paired_vs_baseline``, beside ``baseline_bound``, its GFLOPs over the row's where both are of
+    one variant and level, else None, as precision and level change the time per FLOP; None without a baseline
+    there); over the fastest unpruned deployment of the run at this batch (``vs_fastest_unpruned``,
     ``paired_vs_fastest_unpruned``); ``beyond_bound``: a paired speedup more than 10% above its bound (noise);
     ``times_ms`` every timed run, one per round in round order, for pairing with any other row of the batch."""
 
@@ -294,7 +295,7 @@ def _build_engines(sources: list[Path], variant: str, config: BenchConfig, folde
 def _add_speedups(rows: dict[tuple, BenchRow], contenders: list[Contender], baseline: Artifact | None
                   ) -> dict[int, str]:
     """Fill in the speedups and flags of ``rows`` (``{(contender key, batch): row}``); returns the fastest unpruned
-    deployment per batch."""
+    deployment per batch (``backend variant``, and its level where the run has several)."""
     fastest = {}
     for batch in sorted({batch for _, batch in rows}):
         unpruned = [row for (_, at), row in rows.items() if at == batch and row.keep is None]
@@ -306,11 +307,19 @@ def _add_speedups(rows: dict[tuple, BenchRow], contenders: list[Contender], base
             row.speedup, row.paired_speedup = _ratios(None if twin is None else rows[(twin.key, batch)], row)
             base = None if baseline is None else rows.get(((contender.backend, baseline.path), batch))
             row.vs_baseline, row.paired_vs_baseline = _ratios(base, row)
-            row.baseline_bound = None if base is None else base.gflops / row.gflops
+            comparable = base is not None and (base.variant, base.optimize) == (row.variant, row.optimize)
+            row.baseline_bound = base.gflops / row.gflops if comparable else None
             row.vs_fastest_unpruned, row.paired_vs_fastest_unpruned = _ratios(fastest[batch], row)
-            row.beyond_bound = any(ratio is not None and ratio > bound * NOISE_MARGIN for ratio, bound in (
-                (row.paired_speedup, row.bound), (row.paired_vs_baseline, row.baseline_bound)))
-    return {batch: f"{row.backend} {row.variant}" for batch, row in fastest.items() if row is not None}
+            row.beyond_bound = (_beyond(row.paired_speedup, row.bound)
+                                or _beyond(row.paired_vs_baseline, row.baseline_bound))
+    levels = len({row.optimize for row in rows.values()}) > 1
+    return {batch: f"{row.backend} {row.variant}" + (f" {row.optimize}" if levels else "")
+            for batch, row in fastest.items() if row is not None}
+
+
+def _beyond(ratio: float | None, bound: float | None) -> bool:
+    """A speedup more than 10% above its bound: noise, not pruning."""
+    return ratio is not None and bound is not None and ratio > bound * NOISE_MARGIN
 
 
 def _ratios(reference: BenchRow | None, row: BenchRow) -> tuple[float | None, float | None]:

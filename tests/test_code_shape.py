@@ -111,3 +111,36 @@ def test_no_modules_import_each_other():
     graph = {name: {target for target in imported_modules(path, name) if target in found and target != name}
              for name, path in found.items()}
     assert import_cycle(graph) == []
+
+
+def third_party_imports() -> set[str]:
+    """The top-level names of every package the product modules import (at the top or inside functions)."""
+    import sys
+
+    names = set()
+    for path in product_modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names.add((node.module or "").split(".")[0])
+    return {name for name in names if name and name != "prtk" and name not in sys.stdlib_module_names}
+
+
+def test_every_imported_package_is_declared():
+    """Each package a product module imports is a dependency of prtk or of one of its extras (under its
+    distribution's name: open_clip is open_clip_torch, PIL is pillow)."""
+    import importlib.metadata
+    import re
+    import tomllib
+
+    def normal(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {normal(re.split(r"[<>=!~ \[;]", requirement)[0])
+                for requirement in [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]}
+    distributions = importlib.metadata.packages_distributions()
+    missing = {name: distributions.get(name, [name]) for name in third_party_imports()
+               if not {normal(dist) for dist in distributions.get(name, [name])} & declared}
+    assert missing == {}

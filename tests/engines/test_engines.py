@@ -104,6 +104,13 @@ def test_bench_times_an_export_folder_as_written(run_cli, tmp_path):
         assert row["gflops"] == sidecar["gflops"] and row["bound"] == pytest.approx(
             1 / sidecar["pruning"]["block_cost_ratio"])
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == written
+    result = run_cli("bench", "--baseline", folder / f"{stem}_full.onnx", folder / f"{stem}_keep0.60_int8-dynamic.onnx",
+                     "--backend", "onnxruntime", "--batch", "2", "--warmup", "1", "--iterations", "2", "--seconds", "0",
+                     "--json", "-")
+    assert result.exit_code == 0, result.output
+    base, int8 = json.loads(result.stdout)["rows"]
+    assert int8["variant"] == "int8-dynamic" and int8["speedup"] is None and int8["paired_vs_baseline"] > 0
+    assert int8["baseline_bound"] is None and base["baseline_bound"] == 1.0  # no FLOP bound across precisions
     one = folder / f"{stem}_keep0.60.onnx"
     assert_one_line_error(run_cli("bench", folder, "--keep", "0.5"), "--keep is for exporting a model's graphs")
     assert_one_line_error(run_cli("bench", one, "--backend", "onnxruntime"), "no unpruned fp32 tower")

@@ -52,21 +52,21 @@ def print_export_table(records, source: str, to_stderr: bool) -> None:
 
 
 def print_bench_table(result: BenchResult, to_stderr: bool) -> None:
-    """One row per (artifact, backend, batch); ``(noise)`` marks a paired speedup more than 10% above its bound."""
-    several = len({row.model for row in result.rows}) > 1
+    """One row per (artifact, backend, batch), p90 and p99 in the JSON only; ``(noise)`` marks a paired speedup more
+    than 10% above its bound."""
     levels = len({row.optimize for row in result.rows}) > 1
     table = [[row.artifact, row.backend, row.variant + (f" {row.optimize}" if levels else ""), row.schedule,
-              str(row.batch),
-              *(f"{value:.2f}" for value in (row.median_ms, row.p90_ms, row.p99_ms)), f"{row.images_per_s:,.1f}",
-              f"{row.gflops:.2f}", speedup_text(row.paired_speedup, row.bound), f"{row.bound:.2f}x",
-              *([speedup_text(row.paired_vs_baseline, row.baseline_bound)] if result.baseline else []),
+              str(row.batch), f"{row.median_ms:.2f}", f"{row.images_per_s:,.1f}", f"{row.gflops:.3g}",
+              speedup_text(row.paired_speedup, row.bound), f"{row.bound:.2f}x",
+              *([speedup_text(row.paired_vs_baseline, row.baseline_bound),
+                 "-" if row.baseline_bound is None else f"{row.baseline_bound:.2f}x"] if result.baseline else []),
               speedup_text(row.paired_vs_fastest_unpruned, None)] for row in result.rows]
     fastest = ", ".join(f"batch {batch}: {name}" for batch, name in result.fastest_unpruned.items())
     baseline = f"; baseline {result.baseline}" if result.baseline else ""
     print_table(f"{result.model} on {result.device} ({result.precision}){baseline}; fastest unpruned: {fastest}",
-                ["artifact" + (" (models differ)" if several else ""), "backend", "variant", "keep", "batch",
-                 "median ms", "p90 ms", "p99 ms", "images/s", "GFLOPs", "speedup (paired)", "bound",
-                 *(["vs baseline (paired)"] if result.baseline else []), "vs fastest unpruned (paired)"],
+                ["artifact", "backend", "variant", "keep", "batch", "median ms", "images/s", "GFLOPs",
+                 "speedup (paired)", "bound", *(["vs baseline (paired)", "its bound"] if result.baseline else []),
+                 "vs fastest unpruned (paired)"],
                 table, console=stderr if to_stderr else stdout)
 
 

@@ -12,7 +12,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.table import Table
 from rich.text import Text
 
-PIPED_WIDTH = 160  # columns for tables written to a file or pipe, so that none is cut short
+PIPED_WIDTH = 160  # columns for tables written to a file or pipe, at least
 stdout = Console()
 stderr = Console(stderr=True)
 
@@ -92,12 +92,15 @@ def _plain_progress(description: str, unit: str) -> Callable[[int, int], None]:
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]],
                 console: Console = stdout) -> None:
     table = Table(title=title)
-    for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 else "right")
+    names = max((len(str(row[0])) for row in rows), default=0)
+    for index, column in enumerate(columns):  # the first column (names) is kept whole, up to 60 characters a line
+        table.add_column(column, justify="left" if index == 0 else "right",
+                         **({"min_width": min(names, 60), "overflow": "fold"} if index == 0 else {}))
     for row in rows:
         table.add_row(*(str(cell) for cell in row))
-    if not console.is_terminal:
-        console = Console(file=console.file, width=PIPED_WIDTH)
+    if not console.is_terminal:  # a file or pipe: as wide as the table needs, so that nothing is cut short
+        needed = Console(file=console.file, width=10_000).measure(table).maximum
+        console = Console(file=console.file, width=max(PIPED_WIDTH, needed))
     console.print(table)
 
 
