@@ -92,8 +92,8 @@ def validate(clip: LoadedClip, artifact: Artifact, data_root: str | Path, thresh
         _save_results(recorder, Path(results_path), inputs_script(artifact.path, data_root, limit, batch_size))
     command = polygraphy_command(artifact, comparison, results_path)
     return build_report(artifact, backend if backend in PROGRAM_BACKENDS else runner_name, program, clip, dataset,
-                   columns, comparison, None if results_path is None else str(results_path), command, thresholds,
-                   str(data_root))
+                        columns, comparison, None if results_path is None else str(results_path), command,
+                        thresholds, str(data_root))
 
 
 class ProgramOutputs:

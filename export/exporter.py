@@ -28,8 +28,8 @@ from prtk.pruning.tower import PrunedVisionTower
 
 from .artifact import Artifact, describe, with_checks, zero_shot_classifier
 from .checks import CheckResult, check_onnx, check_runtime, check_tensorrt_readiness
-from .criteria import Tolerance
 from .config import ExportConfig, export_name
+from .criteria import Tolerance
 from .deployed import INPUT_NAME, DeployedTower
 from .lean_blocks import export_blocks
 from .onnx_graph import annotate, annotate_saved, fold_constants, graph_structure, save_model, tidy, trace
