@@ -4,8 +4,9 @@
 
 1. The model (``--model`` and weights options as in ``prtk``; default the CIFAR-10 test bed), step 1
    (exact greedy), label score: images/s of ``GoldenRanker`` over ``--images`` images at once vs
-   ``naive_ranking`` (one image, one candidate at a time, the whole tower per candidate) over one image. After one untimed warm-up of each, ``--runs`` runs alternate
-   fast / naive so that machine noise hits both alike; prints the medians and ``speedup X.Xx``.
+   ``naive_ranking`` (one image, one candidate at a time, the whole tower per candidate) over one image.
+   After one untimed warm-up of each, ``--runs`` runs alternate fast / naive so that machine noise hits both
+   alike; prints the medians and ``speedup X.Xx``.
 2. ViT-B/16 (random weights), step 4: images/s of the fast search over ``--vit-images`` images
    (one run; about 7 minutes per image on 2 CPU cores; 0 skips it).
 
