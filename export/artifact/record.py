@@ -21,8 +21,8 @@ from ..checks import CheckResult
 from ..deployed import DeployedTower
 from ..onnx_graph import GraphStructure, graph_facts, load_graph
 from .describe import input_description, pruning_description, pruning_facts, tower_gflops, zero_shot_classifier
-from .schema import EARLIER_FORMATS, FORMAT, check_graph_matches, check_sidecar_schema, first_difference, json_equal, \
-    value_at
+from .schema import (EARLIER_FORMATS, FORMAT, check_graph_matches, check_sidecar_schema, first_difference,
+                     json_equal, value_at)
 
 GRAPH_BACKENDS = ("onnxruntime", "openvino")  # runtimes that run an ONNX graph in Python
 PROGRAM_BACKENDS = {"cpp-openvino": "openvino"}  # the compiled prtk-embed program -> the runtime it runs graphs on
@@ -120,7 +120,8 @@ class Artifact:
 
     @property
     def is_engine(self) -> bool:
-        return self.engine is not None
+        """A TensorRT engine (by its file; ``engine`` holds what its sidecar says TensorRT built)."""
+        return self.path.suffix == ".engine"
 
     @property
     def precision(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -116,6 +117,11 @@ def test_bench_times_an_export_folder_as_written(run_cli, tmp_path):
     assert_one_line_error(run_cli("bench", one, "--backend", "onnxruntime"), "no unpruned fp32 tower")
     assert_one_line_error(run_cli("bench", folder, "--backend", "tensorrt"), "no artifact runs on tensorrt")
     assert_one_line_error(run_cli("bench", tmp_path / "none"), "artifact not found")
+    engine = tmp_path / "copied" / f"{stem}_keep0.60.engine"  # an engine file beside a graph's sidecar: still no graph
+    engine.parent.mkdir()
+    shutil.copy(one, engine)
+    shutil.copy(one.with_suffix(".json"), engine.with_suffix(".json"))
+    assert_one_line_error(run_cli("bench", engine, "--backend", "onnxruntime"), "no artifact runs on onnxruntime")
 
 
 def test_bench_compares_a_staged_graph_with_a_one_stage_one(run_cli, tmp_path):
