@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from prtk.core.console import NOISE_MARGIN
+from prtk.core.console import beyond_bound
 from prtk.core.errors import PrtkInputError
 from prtk.export.artifact import Artifact
 from prtk.export.options import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD, DEFAULT_LEVEL,
@@ -310,16 +310,11 @@ def _add_speedups(rows: dict[tuple, BenchRow], contenders: list[Contender], base
             comparable = base is not None and (base.variant, base.optimize) == (row.variant, row.optimize)
             row.baseline_bound = base.gflops / row.gflops if comparable else None
             row.vs_fastest_unpruned, row.paired_vs_fastest_unpruned = _ratios(fastest[batch], row)
-            row.beyond_bound = (_beyond(row.paired_speedup, row.bound)
-                                or _beyond(row.paired_vs_baseline, row.baseline_bound))
+            row.beyond_bound = (beyond_bound(row.paired_speedup, row.bound)
+                                or beyond_bound(row.paired_vs_baseline, row.baseline_bound))
     levels = len({row.optimize for row in rows.values()}) > 1
     return {batch: f"{row.backend} {row.variant}" + (f" {row.optimize}" if levels else "")
             for batch, row in fastest.items() if row is not None}
-
-
-def _beyond(ratio: float | None, bound: float | None) -> bool:
-    """A speedup more than 10% above its bound: noise, not pruning."""
-    return ratio is not None and bound is not None and ratio > bound * NOISE_MARGIN
 
 
 def _ratios(reference: BenchRow | None, row: BenchRow) -> tuple[float | None, float | None]:

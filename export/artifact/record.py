@@ -3,6 +3,7 @@ and checked once, as typed fields; the questions every other module asks of an a
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,11 +182,11 @@ class Artifact:
 
     def description(self) -> dict:
         """The description as JSON (a copy), for ``--json`` documents."""
-        return json.loads(json.dumps(self._description))
+        return copy.deepcopy(self._description)
 
     def pruning_json(self) -> dict | None:
         """The description's ``pruning`` as JSON (a copy; None for the unpruned tower), for reports."""
-        return self.description()["pruning"]
+        return copy.deepcopy(self._description["pruning"])
 
     def engine_description(self, engine_name: str, tensorrt: dict) -> dict:
         """The sidecar of the engine ``engine_name`` built from this graph: its description with TensorRT's facts

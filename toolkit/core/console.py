@@ -107,9 +107,14 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
 NOISE_MARGIN = 1.1  # a speedup above its cost-model bound x this is machine noise, not pruning
 
 
+def beyond_bound(ratio: float | None, bound: float | None) -> bool:
+    """A measured speedup more than 10% above its cost-model bound: noise, not pruning (False without either)."""
+    return ratio is not None and bound is not None and ratio > bound * NOISE_MARGIN
+
+
 def speedup_text(ratio: float | None, bound: float | None) -> str:
-    """``1.23x``; ``2.62x (noise)`` when it exceeds the cost-model ``bound`` by more than 10% (what was measured is
-    shown, and said to be noise); ``-`` without a ratio."""
+    """``1.23x``; ``2.62x (noise)`` when it is ``beyond_bound`` (what was measured is shown, and said to be
+    noise); ``-`` without a ratio."""
     if ratio is None:
         return "-"
-    return f"{ratio:.2f}x" + (" (noise)" if bound is not None and ratio > bound * NOISE_MARGIN else "")
+    return f"{ratio:.2f}x" + (" (noise)" if beyond_bound(ratio, bound) else "")

@@ -48,11 +48,6 @@ class PruningFacts:
                                       for (block, keep), count in zip(tower.later_stages, tower.stage_counts[1:])))
 
     @property
-    def keep_counts(self) -> tuple[int, ...]:
-        """The patches kept at each stage."""
-        return (self.keep_count, *(stage.keep_count for stage in self.later_stages))
-
-    @property
     def stages(self) -> tuple[tuple[int, float], ...]:
         """The later stages as ``(block, keep)``, as ``TowerSpec`` takes them."""
         return tuple((stage.block, stage.keep) for stage in self.later_stages)
