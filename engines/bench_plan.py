@@ -40,6 +40,13 @@ class Contender:
         return (self.backend, self.group) == (other.backend, other.group)
 
 
+def artifact_labels(artifacts: list[Artifact]) -> dict[Path, str]:
+    """Each artifact's name in tables: its file name, or ``folder/name`` where another has the same file name."""
+    names = [artifact.path.name for artifact in artifacts]
+    return {artifact.path: artifact.path.name if names.count(artifact.path.name) == 1
+            else f"{artifact.path.parent.name}/{artifact.path.name}" for artifact in artifacts}
+
+
 def collect_artifacts(targets: Sequence[str | Path]) -> list[Artifact]:
     """Every ``.onnx`` and ``.engine`` among ``targets`` (files, or folders), each read and checked with its
     sidecar; refused in one line when one is named twice."""
@@ -66,8 +73,9 @@ def plan_contenders(artifacts: list[Artifact], backends: Sequence[str], variants
                     baseline: Artifact | None = None) -> list[Contender]:
     """The contenders of ``backends`` over ``artifacts`` (ONNX Runtime and OpenVINO only on graphs of ``variants``
     when given); per backend grouped by model, variant and level, each group's unpruned tower first, then the pruned
-    ones by keep. Refused in one line when a backend has nothing to run, two artifacts are the same contender, or
-    (without a ``baseline``) a pruned artifact has no unpruned tower of its model, backend and variant."""
+    ones by keep (two pruned ones of one schedule, e.g. quantized two ways, both compare with it). Refused in one
+    line when a backend has nothing to run, a group has two unpruned towers, or (without a ``baseline``) a pruned
+    artifact has no unpruned tower of its model, backend and variant."""
     contenders: list[Contender] = []
     for backend in backends:
         found = [Contender(backend, "fp32" if backend == "torch" else a.variant, a) for a in artifacts
@@ -75,13 +83,11 @@ def plan_contenders(artifacts: list[Artifact], backends: Sequence[str], variants
         if not found:
             raise PrtkInputError(f"no artifact runs on {backend}: {_runs_on_hint(backend)}")
         for contender in found:
-            twin = next((c for c in found if c is not contender and c.is_twin_of(contender)
-                         and c.artifact.schedule == contender.artifact.schedule), None)
-            if twin is not None:
-                tower = "unpruned" if contender.keep is None else f"at keep {contender.artifact.schedule}"
+            twin = next((c for c in found if c is not contender and c.is_twin_of(contender) and c.keep is None), None)
+            if twin is not None and contender.keep is None:
                 raise PrtkInputError(f"{twin.artifact.path.name} and {contender.artifact.path.name} are both {backend} "
-                                     f"{contender.variant} {contender.artifact.optimize} {tower}: bench them "
-                                     "separately")
+                                     f"{contender.variant} {contender.artifact.optimize} unpruned: which is the pruned "
+                                     "graphs' reference? bench them separately")
             if baseline is None and not any(c.is_twin_of(contender) and c.keep is None for c in found):
                 raise PrtkInputError(f"no unpruned {contender.variant} tower among the artifacts for {backend} to "
                                      "compare with: export with --full (and build its engine), or name a --baseline")

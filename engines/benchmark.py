@@ -35,7 +35,7 @@ from prtk.export.quantize import QuantizationConfig
 from prtk.models import LoadedClip
 from prtk.pruning.tower import check_keeps
 
-from .bench_plan import Contender, collect_artifacts, plan_contenders
+from .bench_plan import Contender, artifact_labels, collect_artifacts, plan_contenders
 from .runner_interface import Runner
 from .runners import BACKENDS, runner_for
 from .timing import Timing, latency_stats, paired_ratio, time_runners
@@ -217,9 +217,10 @@ def bench_artifacts(targets: Sequence[str | Path], config: BenchConfig, clip: Lo
     generator = torch.Generator().manual_seed(config.seed)
     inputs = {batch: torch.randn(batch, 3, size, size, generator=generator) for batch in config.batches}
     rows: dict[tuple, BenchRow] = {}  # (contender key, batch) -> row
+    labels = artifact_labels(artifacts)
     for done, (batch, images) in enumerate(inputs.items()):
         samples = time_runners(runners, images, config.timing)
-        rows |= {(c.key, batch): _row(c, batch, samples[c.key]) for c in contenders}
+        rows |= {(c.key, batch): _row(c, batch, samples[c.key], labels[c.artifact.path]) for c in contenders}
         if progress is not None:
             progress(done + 1, len(inputs))
     del runners
@@ -227,12 +228,12 @@ def bench_artifacts(targets: Sequence[str | Path], config: BenchConfig, clip: Lo
     ordered = [rows[(c.key, batch)] for c in contenders for batch in config.batches]
     models = ", ".join(dict.fromkeys(artifact.model for artifact in artifacts))
     return BenchResult(models, config.device, config.precision, ordered, fastest,
-                       None if reference is None else reference.path.name)
+                       None if reference is None else labels[reference.path])
 
 
-def _row(contender: Contender, batch: int, samples: list[float]) -> BenchRow:
+def _row(contender: Contender, batch: int, samples: list[float], label: str) -> BenchRow:
     artifact = contender.artifact
-    return BenchRow(contender.backend, contender.variant, artifact.keep, artifact.path.name, batch,
+    return BenchRow(contender.backend, contender.variant, artifact.keep, label, batch,
                     **latency_stats(samples, batch), gflops=artifact.gflops, bound=artifact.bound,
                     model=artifact.model, schedule=artifact.schedule, optimize=artifact.optimize, times_ms=samples)
 

@@ -95,6 +95,10 @@ def build_report(artifact: Artifact, backend: str, program: CppProgram | None, c
         "max_relative_error": Criterion(max_relative, thresholds.max_relative_error,
                                         max_relative <= thresholds.max_relative_error),
     }
+    if overlap is not None:
+        identical = 100.0 * float((overlap == 1.0).mean())
+        criteria["kept_identical"] = Criterion(identical, thresholds.min_kept_identical,
+                                               identical >= thresholds.min_kept_identical)
     per_class = {}
     for index, name in enumerate(dataset.classes):
         chosen = labels == index
@@ -112,7 +116,7 @@ def build_report(artifact: Artifact, backend: str, program: CppProgram | None, c
         cosine={"min": float(cosine.min()), "mean": float(cosine.mean())}, max_abs_diff=embedding.max_abs_diff,
         max_relative_error=max_relative,
         kept_overlap=None if overlap is None else {"mean": float(overlap.mean()), "min": float(overlap.min()),
-                                                   "identical": 100.0 * float((overlap == 1.0).mean())},
+                                                   "identical": criteria["kept_identical"].value},
         tensor_comparison=comparison, results=results, polygraphy_command=command, thresholds=thresholds,
         criteria=criteria, per_class=per_class)
 

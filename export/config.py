@@ -10,8 +10,8 @@ from prtk.pruning.spec import EXPORTABLE_BASELINES, NO_LANGUAGE_SIDE, TowerSpec
 from prtk.pruning.tower import check_keeps
 
 from .onnx_graph import PROTOBUF_LIMIT
-from .options import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD, DEFAULT_LEVEL, OptimizeLevel,
-                      graph_runtimes, optimize_level)
+from .options import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD, DEFAULT_CONTROL_IMAGES, DEFAULT_LEVEL,
+                      OptimizeLevel, graph_runtimes, optimize_level)
 from .quantize import QuantizationConfig
 
 MIN_OPSET = 17  # LayerNormalization as one op
@@ -47,6 +47,8 @@ class ExportConfig:
     calib_images: int = DEFAULT_CALIBRATION_IMAGES
     calib_method: str = DEFAULT_CALIBRATION_METHOD
     before_pruning: str | None = None  # int8 or float: the blocks before the pruning layer (None: the mode's)
+    max_agreement_drop: float | None = None  # int8-static: keep GEMMs float until the agreement drop is within it
+    control_images: int = DEFAULT_CONTROL_IMAGES  # the accuracy control's images, beyond the calibration ones
     optimize: str = DEFAULT_LEVEL  # O0, O1 or O2 (prtk.export.lean_blocks)
     opset: int | None = None  # None: the level's default
     seed: int = 0
@@ -64,15 +66,14 @@ class ExportConfig:
         if self.fp16 and not self.level.portable:
             raise PrtkInputError(f"--fp16 is not available at --optimize {self.optimize}: its fused operators are "
                                  "checked on ONNX Runtime's CPU kernels, which compute in fp32; use O1 for fp16")
-        if self.before_pruning is not None and self.quantize is None:
-            raise PrtkInputError("--before-pruning is for int8 graphs: add --quantize int8-dynamic or int8-static")
+        for option, value in (("--before-pruning", self.before_pruning),
+                              ("--max-agreement-drop", self.max_agreement_drop)):
+            if value is not None and self.quantize is None:
+                raise PrtkInputError(f"{option} is for int8 graphs: add --quantize int8-dynamic or int8-static")
         if self.quantization is not None:
             if self.fp16:
                 raise PrtkInputError(f"--fp16 and --quantize {self.quantize} exclude each other: an int8 graph keeps "
                                      "its float parts in fp32")
-            if self.quantize == "int8-static" and not self.level.portable:
-                raise PrtkInputError(f"--quantize int8-static is not available at --optimize {self.optimize}: ONNX "
-                                     "Runtime's quantizer does not place Q/DQ around its fused operators; use O1")
             self.quantization.check()
         if self.pack is not None and self.scorer not in (None, "predictor"):
             raise PrtkInputError(f"--scorer {self.scorer} is for exports without --pack: the pack's predictor "
@@ -101,7 +102,7 @@ class ExportConfig:
         if self.quantize is None:
             return None
         return QuantizationConfig(self.quantize, self.calib_data, self.calib_images, self.calib_method, self.seed,
-                                  self.before_pruning)
+                                  self.before_pruning, self.max_agreement_drop, self.control_images)
 
     @property
     def precision(self) -> str:

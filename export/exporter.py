@@ -34,7 +34,7 @@ from .deployed import INPUT_NAME, DeployedTower
 from .lean_blocks import export_blocks
 from .onnx_graph import annotate, annotate_saved, fold_constants, graph_structure, save_model, tidy, trace
 from .onnxruntime_ops import CUSTOM_OPSETS
-from .quantize import CalibrationImages, load_calibration_images, quantize_graph
+from .quantize import CalibrationImages, ControlImages, load_calibration_images, load_control_images, quantize_graph
 
 @dataclass
 class ExportRecord:
@@ -69,15 +69,27 @@ def export_models(clip: LoadedClip, config: ExportConfig, out_dir: str | Path, c
         pack = load_export_pack(clip, config)
         classifier = zero_shot_classifier(clip, config.classes)
         modules = [deployed_tower(clip, config, pack, keep, classifier) for keep in targets]  # refuse before writing
-        calibration = (load_calibration_images(config.quantization, clip.preprocess, clip.spec.image_size)
-                       if config.quantize == "int8-static" else None)
+        calibration, control = _calibration(clip, config)
         _remove_abandoned_staging(out_dir)
         records = []
         for done, (keep, module) in enumerate(zip(targets, modules, strict=True)):
-            records.append(_export_one(clip, config, module, pack, keep, out_dir, check_images, calibration))
+            records.append(_export_one(clip, config, module, pack, keep, out_dir, check_images, calibration, control))
             if progress is not None:
                 progress(done + 1, len(targets))
     return records
+
+
+def _calibration(clip: LoadedClip, config: ExportConfig) -> tuple[CalibrationImages | None, ControlImages | None]:
+    """The calibration images of an int8-static export, and the accuracy control's images where it has one."""
+    quantization = config.quantization
+    if quantization is None or not quantization.calibrated:
+        return None, None
+    calibration = load_calibration_images(quantization, clip.preprocess, clip.spec.image_size)
+    if quantization.max_agreement_drop is None:
+        return calibration, None
+    return calibration, load_control_images(quantization, clip.preprocess, clip.spec.image_size,
+                                            lambda names: zero_shot_classifier(clip, tuple(names)).numpy(),
+                                            clip.logit_scale)
 
 
 def export_outputs(model: str, config: ExportConfig, out_dir: str | Path) -> dict[float | None, dict[str, Path]]:
@@ -139,13 +151,13 @@ def load_export_pack(clip: LoadedClip, config: ExportConfig):
 
 
 def _export_one(clip: LoadedClip, config: ExportConfig, module: DeployedTower, pack, keep: float | None,
-                out_dir: Path, check_images: torch.Tensor | None,
-                calibration: CalibrationImages | None = None) -> ExportRecord:
+                out_dir: Path, check_images: torch.Tensor | None, calibration: CalibrationImages | None = None,
+                control: ControlImages | None = None) -> ExportRecord:
     stem = export_name(clip.name, keep, config.variant, config.later_stages)
     staging = out_dir / f".{stem}.staging"
     staging.mkdir(parents=True)
     with temporary_files_in(staging):  # the tracer's and the quantizer's files: removed with the staging folder
-        model, quantization = _graph(clip, config, module, calibration)
+        model, quantization = _graph(clip, config, module, calibration, control)
     meta = describe(clip, config, module, pack, keep, graph_structure(model), quantization)
     readiness = check_tensorrt_readiness(model) if config.run_checks and "tensorrt" in config.runtimes else None
     annotate(model, {"prtk": json.dumps(with_checks(meta, []), sort_keys=True)}, __version__)
@@ -171,8 +183,8 @@ def _export_one(clip: LoadedClip, config: ExportConfig, module: DeployedTower, p
     return ExportRecord(files=files, artifact=Artifact.from_description(path, sidecar), checks=checks)
 
 
-def _graph(clip: LoadedClip, config: ExportConfig, module: DeployedTower,
-           calibration: CalibrationImages | None) -> tuple[onnx.ModelProto, dict | None]:
+def _graph(clip: LoadedClip, config: ExportConfig, module: DeployedTower, calibration: CalibrationImages | None,
+           control: ControlImages | None) -> tuple[onnx.ModelProto, dict | None]:
     """``module`` traced at ``config.optimize``, folded and tidied, in fp16 or quantized as ``config`` says; and
     the quantization's description (None in float)."""
     spec = clip.spec
@@ -187,8 +199,12 @@ def _graph(clip: LoadedClip, config: ExportConfig, module: DeployedTower,
         model = convert_to_fp16(model)
     if config.quantization is None:
         return model, None
-    float_prefix = isinstance(module.tower, PrunedVisionTower) and config.quantization.blocks_before_pruning == "float"
-    return quantize_graph(model, config.quantization, calibration, module.tower.layer if float_prefix else 0)
+    tower = module.tower
+    if not isinstance(tower, PrunedVisionTower):
+        return quantize_graph(model, config.quantization, calibration, 0, control)
+    last_layer = max([tower.layer, *(block for block, _ in tower.later_stages)])
+    float_prefix = config.quantization.blocks_before_pruning(bool(tower.later_stages)) == "float"
+    return quantize_graph(model, config.quantization, calibration, last_layer if float_prefix else 0, control)
 
 
 def read_class_names(path: str | Path) -> tuple[str, ...]:

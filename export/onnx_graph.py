@@ -192,7 +192,7 @@ class GraphFacts:
 
     input: tuple[str, list, str]  # name, shape (symbolic dims as names), dtype
     outputs: list[tuple[str, list, str]]
-    precision: str  # of its large weights (>= 1024 elements): int8 when most are 8-bit integers, else fp16 or fp32
+    precision: str  # of its large weights (>= 1024 elements): int8 when any is, else fp16 when most are, or fp32
     embedding_normalized: bool  # the embedding output is x / ||x|| (F.normalize)
     description: dict | None  # the JSON under metadata_props["prtk"]
     custom_domains: tuple[str, ...]  # operator domains beyond ONNX's own (com.microsoft: ONNX Runtime only)
@@ -230,7 +230,7 @@ def graph_facts(model: onnx.ModelProto) -> GraphFacts:
         kind = WEIGHT_PRECISIONS.get(tensor.data_type)
         if kind is not None and math.prod(tensor.dims) >= 1024:
             elements[kind] += math.prod(tensor.dims)
-    precision = ("int8" if elements["int8"] > elements["fp32"] + elements["fp16"]
+    precision = ("int8" if elements["int8"]
                  else "fp16" if elements["fp16"] > elements["fp32"] else "fp32")
     metadata = {entry.key: entry.value for entry in model.metadata_props}
     try:
@@ -276,10 +276,10 @@ def _normalizes(producers: dict[str, onnx.NodeProto], output: str) -> bool:
 
 
 def _int8_nodes(model: onnx.ModelProto, producers: dict[str, onnx.NodeProto]) -> int:
-    """Weight GEMMs computed in int8: ``MatMulInteger`` (dynamic), or MatMul/Gemm whose input is an initializer
-    dequantized by ``DequantizeLinear`` (Q/DQ)."""
+    """Weight GEMMs computed in int8: ``MatMulInteger`` and ``QAttention`` (dynamic), or MatMul/Gemm whose input
+    is an initializer dequantized by ``DequantizeLinear`` (Q/DQ)."""
     weights = {tensor.name for tensor in model.graph.initializer}
-    return sum(node.op_type == "MatMulInteger" or (node.op_type in ("MatMul", "Gemm") and any(
+    return sum(node.op_type in ("MatMulInteger", "QAttention") or (node.op_type in ("MatMul", "Gemm") and any(
         name in producers and producers[name].op_type == "DequantizeLinear" and producers[name].input[0] in weights
         for name in node.input)) for node in model.graph.node)
 

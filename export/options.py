@@ -38,6 +38,7 @@ QUANTIZE_MODES = ("int8-dynamic", "int8-static")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIBRATION_METHOD = "minmax"
 DEFAULT_CALIBRATION_IMAGES = 256
+DEFAULT_CONTROL_IMAGES = 1000  # the accuracy control's (--max-agreement-drop) images beyond the calibration ones
 
 
 def optimize_level(name: str) -> OptimizeLevel:

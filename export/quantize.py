@@ -15,15 +15,27 @@ Two modes (``QUANTIZE_MODES``):
   VNNI multiply u8 x s8 pairs into int16, which full-range int8 weights saturate (measured: 86% agreement with the
   float model instead of 99% on the test bed); TensorRT and VNNI CPUs read the same graph.
 
-In both, only the MatMul/Gemm nodes that multiply by a weight are quantized (``int8_nodes``). What decides which
-patches are kept stays float, so that the kept patches follow the float reference: the patch embedding (a Conv, not
-quantized), the scorer (the predictor, or the attention cls-attention reads), TopK and the gather; so do LayerNorm,
-softmax, the attention's activation-by-activation MatMuls and the L2 normalisation. The blocks before the pruning
-layer (``before_pruning``) are float by default in int8-static and int8 in int8-dynamic, as measured on the CIFAR-10
-test bed (keep 0.6, pruning at block 1, 3,000 test images, agreement with the float pruned model): int8-static with
-block 0 in int8 kept other patches on some images (97.97% agreement, min cosine 0.953) and with it float 99.10%;
-int8-dynamic, whose activation ranges are measured per batch, kept the same patches either way (99.20% / 99.27%).
-Quantizing the patch embedding cost 1.5 points of agreement in either mode.
+In both, only the MatMul/Gemm nodes that multiply by a weight are quantized (``int8_nodes``), and at O2 in
+int8-dynamic the fused ``Attention`` too (``QAttention``); Q/DQ has no rule for ``Attention``, so at O2 int8-static
+its QKV projection stays float and the other GEMMs get Q/DQ (the fused operators' outputs are typed by ONNX
+Runtime's symbolic shape inference first, without which the quantizer sees untyped activations and quantizes the
+weights alone). ``--max-agreement-drop`` reverts the most sensitive GEMMs to float (``prtk.export.accuracy_control``).
+
+What decides which patches are kept stays float, so that the kept patches follow the float reference: the patch
+embedding (a Conv, not quantized), the scorers (the predictor, or the attention cls-attention reads; each later
+stage's), TopK and the gather; so do LayerNorm, softmax, the attention's activation-by-activation MatMuls and the L2
+normalisation. ONNX Runtime's Q/DQ quantizer hands every reader of a quantized activation its dequantized copy, so
+the scorers are rewired to the float tensor (``read_unquantized``): before that, a scorer reading a quantized
+block's LayerNorm output moved the kept patches. The blocks before the pruning layer (``before_pruning``) are float
+by default in int8-static and int8 in int8-dynamic, as measured on the CIFAR-10 test bed (keep 0.6, pruning at
+block 1, all 10,000 test images, agreement with the float pruned model): int8-static 98.79% with block 0 float,
+98.63% with it in int8, the kept patches identical on every image either way (accuracy-controlled with
+``--max-agreement-drop 0.5``: 99.14% and 99.01%); int8-dynamic kept the same patches either way (99.20% / 99.27% on
+3,000 images). Quantizing the patch embedding cost 1.5 points of agreement in either mode. In a staged graph the
+later stages rank on the blocks between the stages, so every block before the last stage is float by default in
+both modes: with them in int8 a three-stage int8-dynamic shapes graph (``1:0.7,3:0.7,5:0.7``, 500 held-out images)
+kept its float twin's patch sets on 68.6% of images, with only block 0 in int8 on 75.8%, all float 100%. (The later
+stages' scorer is one module traced once per stage: ``stage_scorer/``, ``stage_scorer_1/``, ...)
 """
 
 from __future__ import annotations
@@ -42,11 +54,16 @@ import onnx
 
 from prtk.core.errors import PrtkInputError
 
-from .options import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD, QUANTIZE_MODES
+from .accuracy_control import ControlImages, control_accuracy
+from .options import (CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD,
+                      DEFAULT_CONTROL_IMAGES, QUANTIZE_MODES)
+from .qdq_surgery import read_unquantized, revert_to_float
 
 FLOAT_SCOPES = ("/tower/scorer/",)  # node-name prefixes (module paths) that stay float
-STAGE_SCORER_SCOPE = "/tower/stage_scorer/"  # the later stages' scorer: float too, in staged graphs
+STAGE_SCORER_SCOPE = re.compile(r"^/tower/stage_scorer(_\d+)?/")  # the later stages' scorer (one module, traced
+# once per later stage: stage_scorer/, stage_scorer_1/, ...): float too, in staged graphs
 QUANTIZED_OPS = ("MatMul", "Gemm")
+FUSED_ATTENTION = "Attention"  # O2's fused attention: QAttention in int8-dynamic; float in Q/DQ, which has no rule
 CALIBRATION_BATCH = 32
 BEFORE_PRUNING = {"int8-dynamic": "int8", "int8-static": "float"}  # measured defaults (above)
 BLOCK_SCOPE = re.compile(r"/resblocks\.(\d+)/")  # the exporter names nodes by module path
@@ -56,7 +73,9 @@ BLOCK_SCOPE = re.compile(r"/resblocks\.(\d+)/")  # the exporter names nodes by m
 class QuantizationConfig:
     """``mode`` (``QUANTIZE_MODES``); for ``int8-static`` the calibration: ``images`` drawn with ``seed`` from the
     ImageFolder ``data`` and ``method`` (min-max, the 99.999th percentile, or entropy); ``before_pruning`` int8 or
-    float for the blocks before the pruning layer (None: the mode's default, ``BEFORE_PRUNING``)."""
+    float for the blocks before the pruning layer (None: the mode's default, ``BEFORE_PRUNING``); with
+    ``max_agreement_drop`` (points) the accuracy control (``prtk.export.accuracy_control``) on up to
+    ``control_images`` further images of ``data``."""
 
     mode: str
     data: str | None = None
@@ -64,11 +83,13 @@ class QuantizationConfig:
     method: str = DEFAULT_CALIBRATION_METHOD
     seed: int = 0
     before_pruning: str | None = None
+    max_agreement_drop: float | None = None
+    control_images: int = DEFAULT_CONTROL_IMAGES
 
-    @property
-    def blocks_before_pruning(self) -> str:
-        """``int8`` or ``float``: how the blocks before the pruning layer are computed."""
-        return self.before_pruning or BEFORE_PRUNING[self.mode]
+    def blocks_before_pruning(self, staged: bool) -> str:
+        """``int8`` or ``float``: how the blocks before the (last) pruning layer are computed; float by default in a
+        ``staged`` graph, whose later stages rank on the blocks between them (measured above)."""
+        return self.before_pruning or ("float" if staged else BEFORE_PRUNING[self.mode])
 
     @property
     def calibrated(self) -> bool:
@@ -85,6 +106,8 @@ class QuantizationConfig:
             raise PrtkInputError(f"--before-pruning must be int8 or float, got {self.before_pruning!r}")
         if self.images < 1:
             raise PrtkInputError(f"--calib-images must be at least 1, got {self.images}")
+        if self.max_agreement_drop is not None:
+            self._check_control()
         if self.calibrated and self.data is None:
             raise PrtkInputError("--quantize int8-static calibrates its activation scales on real images: pass "
                                  "--calib-data DIR (an ImageFolder, e.g. your training images)")
@@ -95,9 +118,23 @@ class QuantizationConfig:
             from prtk.data.folder import ImageFolderDataset
 
             try:
-                ImageFolderDataset(self.data, transform=None, image_size=0)  # lists the images, decodes none
+                images = len(ImageFolderDataset(self.data, transform=None, image_size=0))  # decodes none
             except PrtkInputError as error:
                 raise PrtkInputError(f"calibration data: {error}") from None
+            if self.max_agreement_drop is not None and images <= self.images:
+                raise PrtkInputError(f"--max-agreement-drop measures the agreement on images of --calib-data beyond "
+                                     f"the {self.images} calibration images, but {self.data} holds {images}: lower "
+                                     "--calib-images or add images")
+
+    def _check_control(self) -> None:
+        if self.mode != "int8-static":
+            raise PrtkInputError(f"--max-agreement-drop is for --quantize int8-static; {self.mode} has no "
+                                 "calibrated graph to control")
+        if not 0.0 <= self.max_agreement_drop <= 100.0:  # also refuses NaN
+            raise PrtkInputError(f"--max-agreement-drop must be in [0, 100] (points), "
+                                 f"got {self.max_agreement_drop:g}")
+        if self.control_images < 1:
+            raise PrtkInputError(f"--control-images must be at least 1, got {self.control_images}")
 
 
 @dataclass(frozen=True)
@@ -119,80 +156,104 @@ class CalibrationImages:
 def load_calibration_images(config: QuantizationConfig, preprocess, image_size: int) -> CalibrationImages:
     """``config.images`` images (all, where the folder holds fewer) drawn from ``config.data`` by a permutation
     seeded with ``config.seed``, sorted back into folder order; an undecodable one is bad input."""
+    pixels, digest, _ = _draw_images(config, preprocess, image_size, slice(0, config.images), "calibration")
+    return CalibrationImages(pixels, str(config.data), config.seed, config.method, digest)
+
+
+def load_control_images(config: QuantizationConfig, preprocess, image_size: int, classifier,
+                        logit_scale: float) -> ControlImages:
+    """The accuracy control's images: the next ``config.control_images`` of the calibration permutation (none of
+    them a calibration image), with ``classifier(class_names)`` ``[C, E]`` over the folder's classes."""
+    from prtk.data.folder import class_display_name
+
+    span = slice(config.images, config.images + config.control_images)
+    pixels, digest, classes = _draw_images(config, preprocess, image_size, span, "control")
+    return ControlImages(pixels, np.asarray(classifier([class_display_name(c) for c in classes]), np.float32),
+                         logit_scale, digest)
+
+
+def _draw_images(config: QuantizationConfig, preprocess, image_size: int, span: slice,
+                 role: str) -> tuple[np.ndarray, str, list[str]]:
+    """The images at ``span`` of a permutation of ``config.data`` seeded with ``config.seed``, in folder order:
+    ``[n, 3, H, W]`` float32, a SHA-256 over their relative paths and file hashes, and the folder's classes."""
     import torch
 
     from prtk.data.folder import ImageFolderDataset
 
     dataset = ImageFolderDataset(config.data, preprocess, image_size)
     generator = torch.Generator().manual_seed(config.seed)
-    chosen = sorted(torch.randperm(len(dataset), generator=generator)[:config.images].tolist())
+    chosen = sorted(torch.randperm(len(dataset), generator=generator)[span].tolist())
     pixels, listing = [], []
     for index in chosen:
         image, _, _, error = dataset[index]
         if error:
-            raise PrtkInputError(f"cannot decode calibration image {dataset.records[index].path}: {error}")
+            raise PrtkInputError(f"cannot decode {role} image {dataset.records[index].path}: {error}")
         pixels.append(image.numpy())
         listing.append([dataset.relative_path(index), dataset.sha256(index)])
     digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-    return CalibrationImages(np.stack(pixels).astype(np.float32), str(config.data), config.seed, config.method, digest)
+    return np.stack(pixels).astype(np.float32), digest, list(dataset.classes)
 
 
 def float_scopes(model: onnx.ModelProto) -> tuple[str, ...]:
-    """The scopes kept float in ``model``: ``FLOAT_SCOPES``, and the later stages' scorer where it has stages."""
-    staged = any(node.name.startswith(STAGE_SCORER_SCOPE) for node in model.graph.node)
-    return FLOAT_SCOPES + ((STAGE_SCORER_SCOPE,) if staged else ())
+    """The scopes kept float in ``model``: ``FLOAT_SCOPES``, and each later stage's scorer where it has stages."""
+    stages = dict.fromkeys(match.group(0) for node in model.graph.node
+                           if (match := STAGE_SCORER_SCOPE.match(node.name)))
+    return FLOAT_SCOPES + tuple(stages)
 
 
-def int8_nodes(model: onnx.ModelProto, float_blocks: int) -> list[str]:
-    """The nodes to quantize: MatMul/Gemm by a weight (an initializer), outside ``float_scopes`` (the scorers) and
-    outside the first ``float_blocks`` transformer blocks (those before the pruning layer)."""
+def quantized_operators(model: onnx.ModelProto, mode: str) -> tuple[str, ...]:
+    """The operator types ``mode`` quantizes in ``model``: ``QUANTIZED_OPS``, and O2's fused ``Attention`` (as
+    ``QAttention``) in int8-dynamic where the graph has it."""
+    fused = mode == "int8-dynamic" and any(node.op_type == FUSED_ATTENTION for node in model.graph.node)
+    return QUANTIZED_OPS + ((FUSED_ATTENTION,) if fused else ())
+
+
+def int8_nodes(model: onnx.ModelProto, float_blocks: int, operators: tuple[str, ...] = QUANTIZED_OPS) -> list[str]:
+    """The nodes to quantize: ``operators`` by a weight (an initializer), outside ``float_scopes`` (the scorers)
+    and outside the first ``float_blocks`` transformer blocks (those before the pruning layer)."""
     weights = {tensor.name for tensor in model.graph.initializer}
     scopes = float_scopes(model)
     chosen = []
     for node in model.graph.node:
         block = BLOCK_SCOPE.search(node.name)
-        if (node.op_type in QUANTIZED_OPS and any(name in weights for name in node.input)
+        if (node.op_type in operators and any(name in weights for name in node.input)
                 and not node.name.startswith(scopes) and not (block and int(block.group(1)) < float_blocks)):
             chosen.append(node.name)
     return chosen
 
 
 def quantize_graph(model: onnx.ModelProto, config: QuantizationConfig, calibration: CalibrationImages | None,
-                   float_blocks: int = 0) -> tuple[onnx.ModelProto, dict]:
-    """``model`` quantized as ``config`` says, the first ``float_blocks`` blocks left float, and its description
-    for the sidecar's ``quantization``: mode, library, format, what is int8, what stayed float, the calibration."""
+                   float_blocks: int = 0, control: ControlImages | None = None) -> tuple[onnx.ModelProto, dict]:
+    """``model`` quantized as ``config`` says, the first ``float_blocks`` blocks left float (and, with ``control``,
+    the GEMMs the accuracy control reverts), and its description for the sidecar's ``quantization``: mode,
+    library, format, what is int8, what stayed float, the calibration and the accuracy control."""
     import onnxruntime
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    quantized_nodes = int8_nodes(model, float_blocks)
-    chosen = set(quantized_nodes)
-    float_nodes = [node.name for node in model.graph.node if node.op_type in QUANTIZED_OPS and node.name not in chosen]
-    operators = list(QUANTIZED_OPS)
+    operators = quantized_operators(model, config.mode)
+    quantized_nodes = int8_nodes(model, float_blocks, operators)
     if config.calibrated and calibration is None:
         raise ValueError("int8-static needs calibration images")
-    with tempfile.TemporaryDirectory(prefix="prtk-quantize-") as folder, _quiet_quantizer():  # in the staging folder
-        source, target = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
-        onnx.save(model, source)
-        if config.calibrated:
-            quantize_static(source, target, _CalibrationReader(calibration.pixels, model.graph.input[0].name),
-                            quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8, op_types_to_quantize=operators,
-                            nodes_to_quantize=quantized_nodes, per_channel=True, reduce_range=True,
-                            calibrate_method=_calibration_method(config.method),
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "CalibTensorRangeSymmetric": True})
-        else:
-            quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=operators,
-                             nodes_to_quantize=quantized_nodes, per_channel=False,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        quantized = onnx.load(target)
-    integer_ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
+    with tempfile.TemporaryDirectory(prefix="prtk-quantize-") as folder:  # in the staging folder
+        quantized = _quantize(model, config, calibration, quantized_nodes, operators, Path(folder))
+        scorers = float_scopes(model)  # the quantizer hands every reader of a quantized activation its Q/DQ copy
+        read_unquantized(quantized, lambda node: node.name.startswith(scorers))
+        controlled = None
+        if config.max_agreement_drop is not None and control is not None:
+            controlled = control_accuracy(model, quantized, quantized_nodes, control, config.max_agreement_drop,
+                                          Path(folder))
+            quantized = revert_to_float(quantized, model, list(controlled.float_nodes))
+            quantized_nodes = [name for name in quantized_nodes if name not in set(controlled.float_nodes)]
+    chosen = set(quantized_nodes)
+    float_nodes = [node.name for node in model.graph.node if node.op_type in operators and node.name not in chosen]
+    integer_ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                   "QAttention"}
     kept_float = sorted({node.op_type for node in quantized.graph.node} - integer_ops)
     description = {
         "mode": config.mode,
         "library": f"onnxruntime.quantization {onnxruntime.__version__}",
-        "format": "QDQ" if config.calibrated else "dynamic (DynamicQuantizeLinear + MatMulInteger)",
-        "operators": operators,
+        "format": "QDQ" if config.calibrated else "dynamic (DynamicQuantizeLinear + MatMulInteger"
+                  + (" + QAttention)" if FUSED_ATTENTION in operators else ")"),
+        "operators": list(operators),
         "int8_nodes": len(quantized_nodes),
         "weights": ("int8 in [-64, 64] (7 bits: no int16 saturation on x86 CPUs without VNNI), symmetric, per "
                     "output channel" if config.calibrated else "int8, symmetric, per tensor"),
@@ -202,7 +263,43 @@ def quantize_graph(model: onnx.ModelProto, config: QuantizationConfig, calibrati
                   "matmuls": len(float_nodes), "operators": kept_float},
         "calibration": calibration.as_dict() if calibration is not None else None,
     }
+    if controlled is not None:
+        description["accuracy_control"] = controlled.as_dict()
     return quantized, description
+
+
+def _typed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the types of its fused operators' outputs (ONNX Runtime's symbolic shape inference), which
+    the Q/DQ quantizer reads to decide what it can quantize; ONNX's own inference does not know those operators."""
+    if not any(node.domain == "com.microsoft" for node in model.graph.node):
+        return model
+    from .onnx_graph import infer_symbolic_shapes
+
+    return infer_symbolic_shapes(model)
+
+
+def _quantize(model: onnx.ModelProto, config: QuantizationConfig, calibration: CalibrationImages | None,
+              nodes: list[str], operators: tuple[str, ...], folder: Path) -> onnx.ModelProto:
+    """ONNX Runtime's quantizer on ``nodes`` of ``model``: Q/DQ calibrated on ``calibration`` (int8-static), or
+    dynamic."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    source, target = folder / "float.onnx", folder / "int8.onnx"
+    onnx.save(_typed(model) if config.calibrated else model, source)
+    with _quiet_quantizer():
+        if config.calibrated:
+            quantize_static(source, target, _CalibrationReader(calibration.pixels, model.graph.input[0].name),
+                            quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, op_types_to_quantize=list(operators),
+                            nodes_to_quantize=nodes, per_channel=True, reduce_range=True,
+                            calibrate_method=_calibration_method(config.method),
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                           "CalibTensorRangeSymmetric": True})
+        else:
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=list(operators),
+                             nodes_to_quantize=nodes, per_channel=False,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return onnx.load(target)
 
 
 class _CalibrationReader:

@@ -188,6 +188,20 @@ class Artifact:
         """The description's ``pruning`` as JSON (a copy; None for the unpruned tower), for reports."""
         return copy.deepcopy(self._description["pruning"])
 
+    def accuracy_control_summary(self) -> str | None:
+        """One line on what ``--max-agreement-drop`` kept float and what that cost (None without it)."""
+        control = (self._description["quantization"] or {}).get("accuracy_control")
+        if control is None:
+            return None
+        kept = control["float_nodes"]
+        patches = ("" if control["kept_identical"] is None else f", kept patches identical on "
+                   f"{control['kept_identical_all_int8']:.2f}% -> {control['kept_identical']:.2f}%")
+        return (f"accuracy control: {len(kept)} weight GEMMs kept float ({100 * control['float_weight_share']:.1f}% "
+                f"of the quantized weights{': ' + ', '.join(kept) if kept else ''}); against the float graph on "
+                f"{control['control_images']} control images, all int8 -> controlled: prediction agreement "
+                f"{control['agreement_all_int8']:.2f}% -> {control['agreement']:.2f}%{patches} (bound: a drop of "
+                f"{control['max_agreement_drop']:g} points)")
+
     def engine_description(self, engine_name: str, tensorrt: dict) -> dict:
         """The sidecar of the engine ``engine_name`` built from this graph: its description with TensorRT's facts
         (``tensorrt``: version, GPU, builder, precision, batch profile, ...)."""

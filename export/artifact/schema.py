@@ -39,6 +39,9 @@ OPTIONAL_SCHEMA = {"lineage": (dict,)}
 STAGE_SCHEMA = {"block": (int,), "keep": NUMBER, "keep_count": (int,), "scorer": (str,)}  # pruning.later_stages[i]
 OUTPUT_SCHEMA = {"name": (str,), "shape": (list,), "dtype": (str,)}
 CHECK_SCHEMA = {"name": (str,), "passed": (bool,), "detail": (str,)}  # checks[i]
+CONTROL_SCHEMA = {"float_nodes": (list,), "float_weight_share": NUMBER, "agreement_all_int8": NUMBER,
+                  "agreement": NUMBER, "control_images": (int,), "max_agreement_drop": NUMBER,
+                  "kept_identical_all_int8": (int, float, type(None)), "kept_identical": (int, float, type(None))}
 NOT_EMBEDDED = ("files", "tensorrt")  # added to the sidecar after the graph's description was embedded
 CHECKED_RUNTIMES = {"onnxruntime": ("onnxruntime",), "tensorrt": ("tensorrt",),
                     "onnx.checker": ("onnxruntime", "openvino", "tensorrt")}  # the runtimes a failed check rules out
@@ -69,6 +72,10 @@ def check_sidecar_schema(sidecar: object, where: str | Path) -> dict:
         raise PrtkInputError(f"sidecar {where}: input.shape must be [batch, 3, H, W], got {json.dumps(shape)}")
     if sidecar["pack"] is not None:
         _check_keys(sidecar["pack"], {"sha256": (str,)}, where, "pack.")
+    if "accuracy_control" in (sidecar["quantization"] or {}):
+        _check_keys(sidecar["quantization"], {"accuracy_control": (dict,)}, where, "quantization.")
+        _check_keys(sidecar["quantization"]["accuracy_control"], CONTROL_SCHEMA, where,
+                    "quantization.accuracy_control.")
     if "tensorrt" in sidecar:
         _check_keys(sidecar, {"tensorrt": (dict,), "tensorrt.precision": (str,)}, where, "")
     return sidecar

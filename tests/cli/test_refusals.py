@@ -30,6 +30,13 @@ def data(tmp_path_factory):
     (("export", "--stage-scorer", "elip"), "--stage-scorer does nothing without --stages"),
     (("export", "--no-tokens"), "--no-tokens does nothing without --pack"),
     (("export", "--check-images", "4", "--no-check"), "--check-images does nothing without the checks"),
+    (("export", "--control-images", "10"), "--control-images does nothing without --max-agreement-drop"),
+    (("export", "--max-agreement-drop", "1"), "--max-agreement-drop is for int8 graphs"),
+    (("export", "--max-agreement-drop", "1", "--quantize", "int8-dynamic"),
+     "--max-agreement-drop is for --quantize int8-static; int8-dynamic has no calibrated graph"),
+    (("export", "--max-agreement-drop", "nan", "--quantize", "int8-static"), "must be in [0, 100] (points), got nan"),
+    (("export", "--max-agreement-drop", "1", "--quantize", "int8-static", "--control-images", "0"),
+     "--control-images must be at least 1, got 0"),
     (("eval", "--stage-scorer", "elip"), "--stage-scorer does nothing without --stages"),
     (("eval", "--no-tokens"), "--no-tokens does nothing without --pack"),
     (("bench", "--seconds", "nan"), "seconds a finite number >= 0"),
@@ -90,7 +97,9 @@ def test_o2_int8_dynamic_exports_and_validates(run_cli, data, tmp_path):
     graph = tmp_path / f"{SHAPES}_keep0.60_int8-dynamic.onnx"
     sidecar = Artifact.read(graph).description()
     assert sidecar["runtimes"] == ["onnxruntime"] and sidecar["quantization"]["int8_nodes"] > 0
-    assert sidecar["graph"]["fused_operators"]["Attention"] == 6
+    fused = sidecar["graph"]["fused_operators"]
+    assert fused["QAttention"] == 6 and "Attention" not in fused  # ONNX Runtime's int8 attention
+    assert sidecar["quantization"]["operators"] == ["MatMul", "Gemm", "Attention"]
     validated = run_cli("validate", graph, "--data", data)
     assert validated.exit_code == 0, validated.output
     lie = lying_copy(graph, tmp_path / "lie", lambda d: d["quantization"].update(int8_nodes=3))

@@ -154,6 +154,18 @@ def test_validate_proves_the_cpp_program_against_the_pytorch_reference(built, gr
     assert f"C++ program `{built['program']}`" in result.stdout
 
 
+def test_validate_proves_the_cpp_program_on_a_staged_int8_graph(built, shapes_dir, tmp_path):
+    config = ExportConfig(keeps=(0.7,), later_stages=((3, 0.7), (5, 0.7)), quantize="int8-static",
+                          calib_data=str(shapes_dir), calib_images=32, run_checks=False)
+    (record,) = export_models(load_clip(SHAPES), config, tmp_path, None)
+    result = run_prtk_process("validate", record.path, "--data", shapes_dir, "--backend", "cpp-openvino",
+                              "--cpp-program", built["program"])
+    report = json.loads(record.path.with_name(record.path.name + ".validation.json").read_text())
+    assert report["precision"] == "int8" and report["backend"] == "cpp-openvino", result.output
+    assert result.exit_code == 0 and report["passed"], report["criteria"]
+    assert report["kept_overlap"]["identical"] == 100.0
+
+
 def test_the_c_api_embeds_from_c_as_the_program_does(built, graph, shapes_dir, tmp_path):
     image = sorted(shapes_dir.rglob("*.png"))[0]
     done = run(built["c_api_test"], graph, image)

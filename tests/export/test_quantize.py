@@ -108,19 +108,6 @@ def test_int8_dynamic_runs_on_onnxruntime_and_openvino_not_tensorrt(run_cli, tmp
                           "--quantize int8-static")
 
 
-def test_a_staged_int8_graph_keeps_every_scorer_float(run_cli, tmp_path):
-    result = run_cli("export", "--model", SHAPES, "--stages", "2:0.7,3:0.7,4:0.7", "--quantize", "int8-dynamic",
-                     "--out", tmp_path)
-    assert result.exit_code == 0, result.output
-    graph = tmp_path / f"{SHAPES}_keep0.70_b3k0.70_b4k0.70_int8-dynamic.onnx"
-    model = onnx.load(graph)
-    integer = [node.name for node in model.graph.node if node.op_type == "MatMulInteger"]
-    assert integer and not [name for name in integer if name.startswith(("/tower/scorer/", "/tower/stage_scorer/"))]
-    assert any(node.name.startswith("/tower/stage_scorer/") and node.op_type == "MatMul" for node in model.graph.node)
-    scopes = json.loads(graph.with_suffix(".json").read_text())["quantization"]["float"]["scopes"]
-    assert scopes == ["/tower/scorer/", "/tower/stage_scorer/"]
-
-
 def test_build_engine_int8_needs_qdq_and_qdq_needs_int8(static_exports, run_cli, tmp_path):
     export(run_cli, tmp_path, "--no-check")
     assert_one_line_error(run_cli("build-engine", tmp_path / f"{CIFAR}_keep0.60.onnx", "--precision", "int8"),
@@ -151,8 +138,6 @@ def test_int8_bad_input_is_one_line(run_cli, tmp_path, shapes_dir):
     assert_one_line_error(run_cli(*base, "--quantize", "int8-dynamic", "--fp16"), "exclude each other")
     assert_one_line_error(run_cli(*base, "--quantize", "int8-static", "--calib-data", shapes_dir, "--calib-images",
                                   "0"), "--calib-images must be at least 1")
-    assert_one_line_error(run_cli(*base, "--quantize", "int8-static", "--calib-data", shapes_dir, "--optimize", "O2"),
-                          "not available at --optimize O2")
     assert_one_line_error(run_cli(*base, "--before-pruning", "int8"), "--before-pruning is for int8 graphs")
     bench = ["bench", "--model", SHAPES, "--keep", "0.6", "--batch", "1"]
     assert_one_line_error(run_cli(*bench, "--variants", "fp32,int8-static"), "pass --calib-data DIR")

@@ -96,6 +96,26 @@ def test_the_smaller_model_goes_through_eval_rank_train_export_validate_bench(sm
                           "name a --baseline")
 
 
+@pytest.mark.parametrize("mode", ["int8-dynamic", "int8-static"])
+def test_the_smaller_models_int8_graph_passes_validate(smaller, run_cli, shapes_dir, tmp_path, mode):
+    out, _ = smaller
+    name = "prtk-testbed-shapes-h3m192d5"
+    model = ["--model-config", out / f"{name}.json", "--checkpoint", out / f"{name}.safetensors"]
+    calibration = ["--calib-data", shapes_dir, "--calib-images", "32"] if mode == "int8-static" else []
+    result = run_cli("export", *model, "--keep", "0.6", "--quantize", mode, *calibration, "--out", tmp_path,
+                     "--data", shapes_dir)
+    assert result.exit_code == 0, result.output
+    graph = tmp_path / f"{name}_keep0.60_{mode}.onnx"
+    assert json.loads(graph.with_suffix(".json").read_text())["lineage"]["parent"]["model"] == "prtk-testbed-shapes"
+    result = run_cli("validate", graph, *model, "--data", shapes_dir)
+    report = json.loads(graph.with_name(graph.name + ".validation.json").read_text())
+    assert report["precision"] == "int8" and report["kept_overlap"]["identical"] == 100.0, result.output
+    if mode == "int8-dynamic":
+        assert result.exit_code == 0 and report["passed"], report["criteria"]
+    else:  # 40 images, calibrated on 32 of them: one flipped prediction is 2.5 points (CIFAR-10: README)
+        assert report["agreement"] >= 95.0 and report["cosine"]["min"] >= 0.98, report["criteria"]
+
+
 def test_prune_structure_refuses_bad_targets_and_existing_files(smaller, run_cli, shapes_dir, tmp_path):
     out, args = smaller
     base = ["prune-structure", *MODEL, "--data", shapes_dir, "--out", tmp_path]

@@ -229,9 +229,9 @@ def calibration_options(command):
                      show_default=True, help="int8-static: activation range from the min and max, the 99.999th "
                                              "percentile, or the entropy (KL) criterion."),
         click.option("--before-pruning", type=click.Choice(["int8", "float"]), default=None,
-                     help="int8 graphs: compute the blocks before the pruning layer in int8 (faster) or float (the "
-                          "kept patches follow the float model more closely)  [default: int8 for int8-dynamic, "
-                          "float for int8-static]"),
+                     help="int8 graphs: compute the blocks before the (last) pruning layer in int8 (faster) or float "
+                          "(the kept patches follow the float model more closely)  [default: int8 for int8-dynamic, "
+                          "float for int8-static and for staged graphs]"),
     ]
     for option in reversed(options):
         command = option(command)

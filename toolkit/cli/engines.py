@@ -158,6 +158,9 @@ def _check_bench_options(ctx, config, artifacts: tuple[str, ...]) -> None:
 @click.option("--max-relative-error", type=float, default=None,
               help="Largest per-image ||artifact - reference|| / ||reference|| of the embedding  "
                    "[default: 1e-4 fp32, 1e-2 fp16, 0.2 int8]")
+@click.option("--min-kept-identical", type=float, default=None,
+              help="Smallest share of images whose kept patch set is the pruned reference's (graphs that output "
+                   "kept_indices), %  [default: 99 fp32 and int8, 90 fp16]")
 @click.option("--report", "report_prefix", metavar="PREFIX", default=None,
               help="Write PREFIX.md and PREFIX.json  [default: the artifact's path + .validation]")
 @click.option("--save-results", "results_path", metavar="FILE.json", default=None,
@@ -169,7 +172,8 @@ def _check_bench_options(ctx, config, artifacts: tuple[str, ...]) -> None:
 @click.pass_context
 def validate_command(ctx, artifact, model_name, pretrained, checkpoint, model_config, random_weights, seed,
                      data_root, backend, cpp_program, pack, limit, batch_size, min_agreement, min_cosine,
-                     max_accuracy_delta, max_abs_diff, max_relative_error, report_prefix, results_path, force):
+                     max_accuracy_delta, max_abs_diff, max_relative_error, min_kept_identical, report_prefix,
+                     results_path, force):
     """Prove an exported .onnx (or .engine) gives its PyTorch reference's answers; exit 0 pass, 1 fail.
 
     The sidecar must be the graph's own description (the one embedded in the ONNX metadata) and agree
@@ -183,16 +187,14 @@ def validate_command(ctx, artifact, model_name, pretrained, checkpoint, model_co
     from prtk.engines.cpp_program import CppProgram
     from prtk.engines.validation import PROGRAM_BACKENDS, validate, validation_backend
     from prtk.engines.validation_report import write_report
-    from prtk.export.criteria import Thresholds
     from prtk.export.artifact import Artifact
+    from prtk.export.criteria import THRESHOLD_RANGES, Thresholds
 
     refuse_unless(ctx, ("cpp_program",), backend in PROGRAM_BACKENDS, "--backend cpp-openvino")
     target = Artifact.read(artifact)
     validation_backend(target, backend)
     program = CppProgram.find(cpp_program) if backend in PROGRAM_BACKENDS else None
-    thresholds = Thresholds.for_precision(target.precision, min_agreement=min_agreement, min_cosine=min_cosine,
-                                          max_accuracy_delta=max_accuracy_delta, max_abs_diff=max_abs_diff,
-                                          max_relative_error=max_relative_error)
+    thresholds = Thresholds.for_precision(target.precision, **{key: ctx.params[key] for key in THRESHOLD_RANGES})
     inputs = {**target.inputs, "--pack": pack, **weights_inputs(checkpoint, model_config)}
     outputs = _validation_outputs(report_prefix or f"{target.path}.validation", results_path, force, inputs)
     clip = (target.load_reference_model() if model_name is None and model_config is None

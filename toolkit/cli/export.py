@@ -10,7 +10,7 @@ from prtk.cli.base import (PrtkCommand, calibration_options, check_json_destinat
                            stages_option, weights_inputs)
 from prtk.cli.render import print_export_table
 from prtk.core.files import check_writable_folder
-from prtk.export.options import QUANTIZE_MODES
+from prtk.export.options import DEFAULT_CONTROL_IMAGES, QUANTIZE_MODES
 
 
 @click.command("export", cls=PrtkCommand)
@@ -38,11 +38,19 @@ from prtk.export.options import QUANTIZE_MODES
               help="Add one token merging the dropped patches (EViT, ELIP); later stages fold theirs into it.")
 @click.option("--fp16", is_flag=True, help="fp16 weights and activations; LayerNorm, softmax and I/O stay fp32.")
 @click.option("--quantize", type=click.Choice(QUANTIZE_MODES), default=None,
-              help="int8 graph (ONNX Runtime's quantizer; MatMul/Gemm/Conv in int8, the scorer, TopK, LayerNorm, "
-                   "softmax and normalisation in float): int8-dynamic quantizes activations at run time (ONNX Runtime, "
+              help="int8 graph (ONNX Runtime's quantizer; weight MatMul/Gemm in int8, and at O2 int8-dynamic the "
+                   "fused Attention as QAttention; the patch embedding, scorers, TopK, LayerNorm, softmax and "
+                   "normalisation in float): int8-dynamic quantizes activations at run time (ONNX Runtime, "
                    "OpenVINO); int8-static is a Q/DQ graph calibrated on --calib-data that ONNX Runtime, OpenVINO "
                    "and TensorRT (build-engine --precision int8) run in int8.  [default: fp32]")
 @calibration_options
+@click.option("--max-agreement-drop", type=float, default=None, metavar="POINTS",
+              help="int8-static, accuracy-controlled: keep the fewest weight GEMMs float (the most sensitive first, "
+                   "as OpenVINO NNCF's accuracy control does) that bring the int8 graph's zero-shot predictions over "
+                   "--calib-data's classes within POINTS of the float graph's, measured on --control-images further "
+                   "images; the sidecar's quantization.accuracy_control says which and what share of the weights.")
+@click.option("--control-images", type=int, default=DEFAULT_CONTROL_IMAGES, show_default=True,
+              help="--max-agreement-drop: images of --calib-data, none of them a calibration image, that measure it.")
 @optimize_option
 @click.option("--opset", type=int, default=None,
               help="ONNX opset, from 17 (LayerNormalization as one op) to the newest the installed torch exports (20). "
@@ -58,7 +66,7 @@ from prtk.export.options import QUANTIZE_MODES
 def export_command(ctx, model_name, pretrained, checkpoint, model_config, random_weights, seed, pack, scorer, keeps,
                    layer, stages, stage_scorer, out_dir, full, classes_path, no_normalize, no_kept_indices, no_tokens,
                    fuse_dropped, fp16, quantize, calib_data, calib_images, calib_method, before_pruning, optimize,
-                   opset, check_data, check_images, no_check, json_path, force):
+                   max_agreement_drop, control_images, opset, check_data, check_images, no_check, json_path, force):
     """Export static-shape ONNX graphs, one per keep ratio, and check each.
 
     Each graph maps images [batch,3,H,W] to an embedding [batch,E] with the scorer, a constant-K TopK,
@@ -83,7 +91,8 @@ def export_command(ctx, model_name, pretrained, checkpoint, model_config, random
                           tokens=not no_tokens, full=full, normalize=not no_normalize, kept_indices=not no_kept_indices,
                           classes=read_class_names(classes_path) if classes_path else (), fp16=fp16, quantize=quantize,
                           calib_data=calib_data, calib_images=calib_images, calib_method=calib_method,
-                          before_pruning=before_pruning, optimize=optimize, opset=opset, seed=seed,
+                          before_pruning=before_pruning, max_agreement_drop=max_agreement_drop,
+                          control_images=control_images, optimize=optimize, opset=opset, seed=seed,
                           run_checks=not no_check)
     config.check()
     inputs = weights_inputs(checkpoint, model_config) | {"--pack": pack, "--classes": classes_path}
@@ -99,6 +108,7 @@ def export_command(ctx, model_name, pretrained, checkpoint, model_config, random
 def _refuse_unused_options(ctx: click.Context, quantize: str | None, stages: str | None, pack: str | None,
                            no_check: bool) -> None:
     refuse_unless(ctx, ("calib_images", "calib_method"), quantize == "int8-static", "--quantize int8-static")
+    refuse_unless(ctx, ("control_images",), ctx.params["max_agreement_drop"] is not None, "--max-agreement-drop")
     refuse_unless(ctx, ("stage_scorer",), stages is not None, "--stages")
     refuse_unless(ctx, ("no_tokens",), pack is not None, "--pack")
     refuse_unless(ctx, ("check_data", "check_images"), not no_check, "the checks (drop --no-check)")

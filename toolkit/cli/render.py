@@ -49,6 +49,8 @@ def print_export_table(records, source: str, to_stderr: bool) -> None:
         for check in record.checks:
             console.print(f"{record.path.name}: {check.name}: {'pass' if check.passed else 'FAIL'}: {check.detail}",
                           soft_wrap=True)
+        if (summary := record.artifact.accuracy_control_summary()) is not None:
+            console.print(f"{record.path.name}: {summary}", soft_wrap=True)
 
 
 def print_bench_table(result: BenchResult, to_stderr: bool) -> None:
