@@ -119,11 +119,13 @@ class AgreementProbe:
 
 
 def control_accuracy(float_model: onnx.ModelProto, quantized: onnx.ModelProto, quantized_nodes: list[str],
-                     control: ControlImages, max_agreement_drop: float, folder: Path) -> ControlledQuantization:
-    """Choose the GEMMs of ``quantized`` (a Q/DQ graph of ``float_model``) to keep float, as the module says."""
+                     control: ControlImages, max_agreement_drop: float,
+                     folder: Path) -> tuple[onnx.ModelProto, ControlledQuantization]:
+    """Choose the GEMMs of ``quantized`` (a Q/DQ graph of ``float_model``) to keep float, as the module says: the
+    graph with them reverted, and what was done."""
     probe = AgreementProbe(float_model, control, folder)
     all_int8 = probe.measure(quantized)
-    reverted, final, trials = [], all_int8, 1
+    reverted, final, graph, trials = [], all_int8, quantized, 1
     if not all_int8.within(max_agreement_drop):
         gains = {}
         for name in quantized_nodes:  # sensitivity: what reverting this one GEMM alone wins back
@@ -132,17 +134,19 @@ def control_accuracy(float_model: onnx.ModelProto, quantized: onnx.ModelProto, q
             trials += 1
         for name in sorted(quantized_nodes, key=lambda node: -gains[node]):  # stable: graph order among equals
             reverted.append(name)
-            final = probe.measure(revert_to_float(quantized, float_model, reverted))
+            graph = revert_to_float(quantized, float_model, reverted)
+            final = probe.measure(graph)
             trials += 1
             if final.within(max_agreement_drop):
                 break
         for name in reversed(reverted[:-1] if final.within(max_agreement_drop) else []):  # least sensitive first
             fewer = [node for node in reverted if node != name]
-            measured = probe.measure(revert_to_float(quantized, float_model, fewer))
+            candidate = revert_to_float(quantized, float_model, fewer)
+            measured = probe.measure(candidate)
             trials += 1
             if measured.within(max_agreement_drop):
-                reverted, final = fewer, measured
-    return ControlledQuantization(max_agreement_drop, len(control.pixels), control.sha256, all_int8.predictions,
+                reverted, final, graph = fewer, measured, candidate
+    return graph, ControlledQuantization(max_agreement_drop, len(control.pixels), control.sha256, all_int8.predictions,
                                   final.predictions, all_int8.kept_identical, final.kept_identical, tuple(reverted),
                                   trials, _weight_share(float_model, reverted, quantized_nodes))
 
@@ -150,8 +154,9 @@ def control_accuracy(float_model: onnx.ModelProto, quantized: onnx.ModelProto, q
 def _weight_share(float_model: onnx.ModelProto, reverted: list[str], quantized_nodes: list[str]) -> float:
     """The share of the quantized GEMMs' weight elements that ``reverted`` keeps float."""
     sizes = {tensor.name: int(np.prod(tensor.dims)) for tensor in float_model.graph.initializer}
+    quantized = set(quantized_nodes)
     elements = {node.name: sum(sizes.get(name, 0) for name in node.input) for node in float_model.graph.node
-                if node.name in set(quantized_nodes)}
+                if node.name in quantized}
     total = sum(elements.values())
     return sum(elements[name] for name in reverted) / total if total else 0.0
 

@@ -34,7 +34,7 @@ from .deployed import INPUT_NAME, DeployedTower
 from .lean_blocks import export_blocks
 from .onnx_graph import annotate, annotate_saved, fold_constants, graph_structure, save_model, tidy, trace
 from .onnxruntime_ops import CUSTOM_OPSETS
-from .quantize import CalibrationImages, ControlImages, load_calibration_images, load_control_images, quantize_graph
+from .quantize import CalibrationImages, ControlImages, load_calibration_images, quantize_graph
 
 @dataclass
 class ExportRecord:
@@ -84,12 +84,8 @@ def _calibration(clip: LoadedClip, config: ExportConfig) -> tuple[CalibrationIma
     quantization = config.quantization
     if quantization is None or not quantization.calibrated:
         return None, None
-    calibration = load_calibration_images(quantization, clip.preprocess, clip.spec.image_size)
-    if quantization.max_agreement_drop is None:
-        return calibration, None
-    return calibration, load_control_images(quantization, clip.preprocess, clip.spec.image_size,
-                                            lambda names: zero_shot_classifier(clip, tuple(names)).numpy(),
-                                            clip.logit_scale)
+    return load_calibration_images(quantization, clip.preprocess, clip.spec.image_size,
+                                   lambda names: zero_shot_classifier(clip, tuple(names)).numpy(), clip.logit_scale)
 
 
 def export_outputs(model: str, config: ExportConfig, out_dir: str | Path) -> dict[float | None, dict[str, Path]]:

@@ -14,7 +14,8 @@ def revert_to_float(quantized: onnx.ModelProto, float_model: onnx.ModelProto, na
     """``quantized`` with the nodes ``names`` computing in float again: each reads the float graph's inputs (its
     float weight, the activation before its Q/DQ pair); the Q/DQ nodes and int8 weights nothing reads any more are
     removed."""
-    originals = {node.name: node for node in float_model.graph.node if node.name in set(names)}
+    chosen = set(names)
+    originals = {node.name: node for node in float_model.graph.node if node.name in chosen}
     weights = {tensor.name: tensor for tensor in float_model.graph.initializer}
     model = copy.deepcopy(quantized)
     present = {tensor.name for tensor in model.graph.initializer}

@@ -57,7 +57,7 @@ from prtk.core.errors import PrtkInputError
 from .accuracy_control import ControlImages, control_accuracy
 from .options import (CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD,
                       DEFAULT_CONTROL_IMAGES, QUANTIZE_MODES)
-from .qdq_surgery import read_unquantized, revert_to_float
+from .qdq_surgery import read_unquantized
 
 FLOAT_SCOPES = ("/tower/scorer/",)  # node-name prefixes (module paths) that stay float
 STAGE_SCORER_SCOPE = re.compile(r"^/tower/stage_scorer(_\d+)?/")  # the later stages' scorer (one module, traced
@@ -153,45 +153,39 @@ class CalibrationImages:
                 "sha256": self.sha256}
 
 
-def load_calibration_images(config: QuantizationConfig, preprocess, image_size: int) -> CalibrationImages:
+def load_calibration_images(config: QuantizationConfig, preprocess, image_size: int, classifier=None,
+                            logit_scale: float = 100.0) -> tuple[CalibrationImages, ControlImages | None]:
     """``config.images`` images (all, where the folder holds fewer) drawn from ``config.data`` by a permutation
-    seeded with ``config.seed``, sorted back into folder order; an undecodable one is bad input."""
-    pixels, digest, _ = _draw_images(config, preprocess, image_size, slice(0, config.images), "calibration")
-    return CalibrationImages(pixels, str(config.data), config.seed, config.method, digest)
-
-
-def load_control_images(config: QuantizationConfig, preprocess, image_size: int, classifier,
-                        logit_scale: float) -> ControlImages:
-    """The accuracy control's images: the next ``config.control_images`` of the calibration permutation (none of
-    them a calibration image), with ``classifier(class_names)`` ``[C, E]`` over the folder's classes."""
-    from prtk.data.folder import class_display_name
-
-    span = slice(config.images, config.images + config.control_images)
-    pixels, digest, classes = _draw_images(config, preprocess, image_size, span, "control")
-    return ControlImages(pixels, np.asarray(classifier([class_display_name(c) for c in classes]), np.float32),
-                         logit_scale, digest)
-
-
-def _draw_images(config: QuantizationConfig, preprocess, image_size: int, span: slice,
-                 role: str) -> tuple[np.ndarray, str, list[str]]:
-    """The images at ``span`` of a permutation of ``config.data`` seeded with ``config.seed``, in folder order:
-    ``[n, 3, H, W]`` float32, a SHA-256 over their relative paths and file hashes, and the folder's classes."""
+    seeded with ``config.seed``; with ``config.max_agreement_drop`` also the accuracy control's, the next
+    ``config.control_images`` of the permutation (none of them a calibration image), with
+    ``classifier(class_names)`` ``[C, E]`` over the folder's classes and ``logit_scale``. An undecodable image is
+    bad input."""
     import torch
 
-    from prtk.data.folder import ImageFolderDataset
+    from prtk.data.folder import ImageFolderDataset, class_display_name
 
     dataset = ImageFolderDataset(config.data, preprocess, image_size)
-    generator = torch.Generator().manual_seed(config.seed)
-    chosen = sorted(torch.randperm(len(dataset), generator=generator)[span].tolist())
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    pixels, digest = _load_images(dataset, order[:config.images], "calibration")
+    calibration = CalibrationImages(pixels, str(config.data), config.seed, config.method, digest)
+    if config.max_agreement_drop is None:
+        return calibration, None
+    pixels, digest = _load_images(dataset, order[config.images:config.images + config.control_images], "control")
+    classes = np.asarray(classifier([class_display_name(name) for name in dataset.classes]), np.float32)
+    return calibration, ControlImages(pixels, classes, logit_scale, digest)
+
+
+def _load_images(dataset, indices: list[int], role: str) -> tuple[np.ndarray, str]:
+    """The ``dataset`` images at ``indices``, in folder order: ``[n, 3, H, W]`` float32, and a SHA-256 over their
+    relative paths and file hashes."""
     pixels, listing = [], []
-    for index in chosen:
+    for index in sorted(indices):
         image, _, _, error = dataset[index]
         if error:
             raise PrtkInputError(f"cannot decode {role} image {dataset.records[index].path}: {error}")
         pixels.append(image.numpy())
         listing.append([dataset.relative_path(index), dataset.sha256(index)])
-    digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-    return np.stack(pixels).astype(np.float32), digest, list(dataset.classes)
+    return np.stack(pixels).astype(np.float32), hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def float_scopes(model: onnx.ModelProto) -> tuple[str, ...]:
@@ -208,11 +202,11 @@ def quantized_operators(model: onnx.ModelProto, mode: str) -> tuple[str, ...]:
     return QUANTIZED_OPS + ((FUSED_ATTENTION,) if fused else ())
 
 
-def int8_nodes(model: onnx.ModelProto, float_blocks: int, operators: tuple[str, ...] = QUANTIZED_OPS) -> list[str]:
-    """The nodes to quantize: ``operators`` by a weight (an initializer), outside ``float_scopes`` (the scorers)
-    and outside the first ``float_blocks`` transformer blocks (those before the pruning layer)."""
+def int8_nodes(model: onnx.ModelProto, float_blocks: int, operators: tuple[str, ...],
+               scopes: tuple[str, ...]) -> list[str]:
+    """The nodes to quantize: ``operators`` by a weight (an initializer), outside ``scopes`` (``float_scopes``: the
+    scorers) and outside the first ``float_blocks`` transformer blocks (those before the pruning layer)."""
     weights = {tensor.name for tensor in model.graph.initializer}
-    scopes = float_scopes(model)
     chosen = []
     for node in model.graph.node:
         block = BLOCK_SCOPE.search(node.name)
@@ -229,20 +223,20 @@ def quantize_graph(model: onnx.ModelProto, config: QuantizationConfig, calibrati
     library, format, what is int8, what stayed float, the calibration and the accuracy control."""
     import onnxruntime
 
-    operators = quantized_operators(model, config.mode)
-    quantized_nodes = int8_nodes(model, float_blocks, operators)
+    operators, scopes = quantized_operators(model, config.mode), float_scopes(model)
+    quantized_nodes = int8_nodes(model, float_blocks, operators, scopes)
     if config.calibrated and calibration is None:
         raise ValueError("int8-static needs calibration images")
     with tempfile.TemporaryDirectory(prefix="prtk-quantize-") as folder:  # in the staging folder
         quantized = _quantize(model, config, calibration, quantized_nodes, operators, Path(folder))
-        scorers = float_scopes(model)  # the quantizer hands every reader of a quantized activation its Q/DQ copy
-        read_unquantized(quantized, lambda node: node.name.startswith(scorers))
+        # the quantizer hands every reader of a quantized activation its Q/DQ copy: the scorers read the float one
+        read_unquantized(quantized, lambda node: node.name.startswith(scopes))
         controlled = None
         if config.max_agreement_drop is not None and control is not None:
-            controlled = control_accuracy(model, quantized, quantized_nodes, control, config.max_agreement_drop,
-                                          Path(folder))
-            quantized = revert_to_float(quantized, model, list(controlled.float_nodes))
-            quantized_nodes = [name for name in quantized_nodes if name not in set(controlled.float_nodes)]
+            quantized, controlled = control_accuracy(model, quantized, quantized_nodes, control,
+                                                     config.max_agreement_drop, Path(folder))
+            reverted = set(controlled.float_nodes)
+            quantized_nodes = [name for name in quantized_nodes if name not in reverted]
     chosen = set(quantized_nodes)
     float_nodes = [node.name for node in model.graph.node if node.op_type in operators and node.name not in chosen]
     integer_ops = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
@@ -259,7 +253,7 @@ def quantize_graph(model: onnx.ModelProto, config: QuantizationConfig, calibrati
                     "output channel" if config.calibrated else "int8, symmetric, per tensor"),
         "activations": ("int8, symmetric, per tensor, calibrated" if config.calibrated
                         else "uint8, per tensor, ranges computed at run time"),
-        "float": {"scopes": list(float_scopes(model)), "first_blocks": float_blocks,
+        "float": {"scopes": list(scopes), "first_blocks": float_blocks,
                   "matmuls": len(float_nodes), "operators": kept_float},
         "calibration": calibration.as_dict() if calibration is not None else None,
     }
